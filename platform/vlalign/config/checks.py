@@ -1,0 +1,65 @@
+"""Checks of a recipe against the world: files, shard manifests, model names and families.
+
+Schema validation (types, ranges, unknown keys) happens when the recipe loads; these checks
+run before anything starts (`vlalign validate`, `vlalign run`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vlalign.config.schema import BUILTIN_MODELS, Recipe
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_REMOTE = ("http://", "https://", "s3://", "gs://", "pipe:")
+
+
+def _check_shards(key: str, location: str | None, problems: list[str]) -> None:
+    if location is None or location.startswith(_REMOTE):
+        return
+    p = Path(location)
+    if not p.exists():
+        problems.append(f"{key}: shard directory {location!r} does not exist")
+    elif p.is_dir() and not (p / "manifest.json").is_file():
+        problems.append(
+            f"{key}: {location!r} has no manifest.json (write shards with `vlalign data`)"
+        )
+
+
+def check_recipe(recipe: Recipe) -> list[str]:
+    """Problems that make the recipe unrunnable here, each naming its key path."""
+    problems: list[str] = []
+    m = recipe.model
+    is_local = Path(m.name).expanduser().exists()
+    if m.name not in BUILTIN_MODELS and not is_local and not _HUB_ID.match(m.name):
+        problems.append(
+            f"model.name: {m.name!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "an existing local directory, nor a hub id (owner/name)"
+        )
+    if m.name not in BUILTIN_MODELS and m.family == "auto" and is_local:
+        cfg = Path(m.name).expanduser() / "config.json"
+        if not cfg.is_file():
+            problems.append(f"model.name: {m.name!r} has no config.json to detect the family from")
+    if m.name in BUILTIN_MODELS and m.family not in ("auto", recipe.family):
+        problems.append(f"model.family: {m.family!r} does not match built-in {m.name!r}")
+    _check_shards("data.train", recipe.data.train, problems)
+    _check_shards("data.eval", recipe.data.eval, problems)
+    _check_shards("eval.data", recipe.eval.data, problems)
+    if recipe.engine.template is not None and not Path(recipe.engine.template).is_file():
+        problems.append(f"engine.template: {recipe.engine.template!r} does not exist")
+    if (
+        recipe.method.reference == "adapter_disabled"
+        and recipe.peft.mode == "full"
+        and recipe.method.name == "dpo"
+    ):
+        problems.append(
+            "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy or precomputed)"
+        )
+    if recipe.method.loss in ("simpo", "orpo") and recipe.method.reference == "precomputed":
+        problems.append(f"method.reference: {recipe.method.loss} is reference-free; use none")
+    if recipe.tracking.registered_model is None and recipe.promotion.auto:
+        problems.append("promotion.auto: needs tracking.registered_model")
+    if recipe.promotion.auto and not recipe.promotion.gates:
+        problems.append("promotion.gates: automatic promotion needs at least one gate")
+    return problems

@@ -1,0 +1,199 @@
+"""Reading a recipe: safe YAML, `extends` chains, `a.b.c=value` overrides, schema validation.
+
+Every problem is collected and reported at once, each naming the file and the key path, with a
+"did you mean" suggestion for misspelled keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vlalign.config.schema import Recipe
+from vlalign.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (`tiny/dpo`) -> path, from the repository's recipes/ folder."""
+    if not RECIPES_DIR.is_dir():
+        return {}
+    return {
+        str(p.relative_to(RECIPES_DIR).with_suffix("")): p
+        for p in sorted(RECIPES_DIR.rglob("*.yaml"))
+    }
+
+
+def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
+    """Resolve a recipe reference: a file path (absolute or relative) or a shipped name."""
+    candidates = []
+    p = Path(ref)
+    if relative_to is not None and not p.is_absolute():
+        candidates.append(relative_to / p)
+    candidates.append(p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    shipped = shipped_recipes()
+    key = str(ref).removesuffix(".yaml")
+    if key in shipped:
+        return shipped[key]
+    hint = difflib.get_close_matches(key, list(shipped), n=1)
+    extra = f" (did you mean shipped recipe {hint[0]!r}?)" if hint else ""
+    raise RecipeError(str(ref), [f"no such recipe file or shipped recipe name{extra}"])
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not UTF-8 text"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), [f"top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge `over` into a copy of `base`; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(s) for s in (*seen, path))
+        raise RecipeError(str(path), [f"extends: cycle {chain}"])
+    data = _read_yaml(path)
+    base_ref = data.get("extends")
+    if base_ref is None:
+        return data
+    if not isinstance(base_ref, str):
+        raise RecipeError(
+            str(path), ["extends: must be a string (file path or shipped recipe name)"]
+        )
+    try:
+        base_path = find_recipe(base_ref, relative_to=path.parent)
+    except RecipeError as e:
+        raise RecipeError(str(path), [f"extends: {base_ref!r}: {e.problems[0]}"]) from None
+    merged = deep_merge(_load_chain(base_path, (*seen, path)), data)
+    merged["extends"] = base_ref
+    return merged
+
+
+def _schema_at(path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model for a key path (['train']) or None when the path is not a section."""
+    model: type[BaseModel] = Recipe
+    for key in path:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _suggest(path: list[str]) -> str:
+    model = _schema_at(path[:-1])
+    if model is None:
+        return ""
+    hint = difflib.get_close_matches(path[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*path[:-1], hint[0]])!r}?)" if hint else ""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-5` -> (['train', 'lr'], '3e-5'); the value is YAML-parsed, the schema coerces."""
+    if "=" not in text:
+        raise RecipeError("<command line>", [f"override {text!r}: expected key.path=value"])
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError("<command line>", [f"override {text!r}: empty key"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a recipe dict (unknown keys are caught by validation)."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        key = ".".join(loc) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key{_suggest(loc)}")
+        elif e["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            got = e.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "a mapping"
+            problems.append(f"{key}: {e['msg']} (got {shown})")
+    return problems
+
+
+def resolve_recipe_dict(path: str | Path, overrides: list[str] | None = None) -> tuple[Path, dict]:
+    """Read a recipe file (following `extends`) and apply overrides; returns (file, raw dict)."""
+    file = find_recipe(path)
+    data = _load_chain(file)
+    data = apply_overrides(data, overrides or [])
+    return file, data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe. Raises RecipeError listing every problem with its key path."""
+    file, data = resolve_recipe_dict(path, overrides)
+    data.setdefault("name", file.stem if file.parent == RECIPES_DIR else _default_name(file))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(str(file), _format_errors(e)) from None
+
+
+def _default_name(file: Path) -> str:
+    try:
+        rel = file.resolve().relative_to(RECIPES_DIR)
+        return str(rel.with_suffix("")).replace("/", "-")
+    except ValueError:
+        return file.stem
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (logged as an artifact; re-loadable)."""
+    data = recipe.model_dump(mode="json")
+    data.pop("extends", None)
+    return yaml.safe_dump(data, sort_keys=False)

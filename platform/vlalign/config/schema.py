@@ -1,0 +1,338 @@
+"""The recipe schema: every field typed, described in one line, and defaulted.
+
+This module is the documentation of a recipe: README's recipe reference is generated from it
+(`vlalign.config.reference`). A misspelled key or a wrong type is an error naming the key path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BUILTIN_MODELS = ("tiny-llava", "tiny-qwen2-vl", "tiny-idefics3")
+MODEL_FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm")
+BUILTIN_FAMILY = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-idefics3": "idefics3"}
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which VLM to fine-tune and how to load it."""
+
+    name: str = Field(
+        "tiny-llava",
+        description="Built-in tiny model (tiny-llava, tiny-qwen2-vl, tiny-idefics3), local directory or hub id.",
+    )
+    family: Literal["auto", "llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"] = Field(
+        "auto",
+        description="Model family (chat template, image tokens, LoRA anchor); auto: from the name or config.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the weights as loaded."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow code shipped with a hub model to run. Only set for sources you trust.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    seed: int = Field(0, ge=0, description="Seed of the random weights of a built-in tiny model.")
+    size: Literal["nano", "small"] = Field(
+        "nano", description="Size of a built-in tiny model: nano (~0.5M params) or small (~4M)."
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="Input image side in pixels for built-ins (default per family)."
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where built-in models are materialized (default ~/.cache/vlalign/models).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
+
+
+class PeftConfig(Section):
+    """What is trained: LoRA adapters (anchored on the language model) or the full model."""
+
+    mode: Literal["lora", "full"] = Field(
+        "lora", description="lora: train adapters only; full: all weights."
+    )
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Projection names adapted inside the language model (attention and MLP).",
+    )
+    include_projector: bool = Field(
+        False, description="Also adapt the multimodal projector's linear layers."
+    )
+    include_vision: bool = Field(False, description="Also adapt the vision tower's projections.")
+    freeze_vision: bool = Field(
+        True, description="Keep the vision tower frozen (also in full fine-tuning)."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full beside LoRA, e.g. [lm_head, norm] for a random tiny base.",
+    )
+
+
+class DataConfig(Section):
+    """Where the shards are and how they are read."""
+
+    train: str | None = Field(
+        None,
+        description="Training shard directory (with manifest.json) or URL prefix; null: synthesize.",
+    )
+    eval: str | None = Field(None, description="Held-out eval shard directory or URL prefix.")
+    train_split: str = Field("train", description="Split of `train` to read.")
+    eval_split: str = Field("eval", description="Split of `eval` to read.")
+    max_length: int = Field(
+        512,
+        ge=16,
+        description="Max tokens per sequence; the response tail is cut, never image tokens.",
+    )
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="Bad sample policy: raise names shard and key; skip counts it in metrics.",
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank.")
+    shuffle_buffer: int = Field(
+        256, ge=0, description="Samples in the shuffle buffer (0: no shuffle)."
+    )
+    reader: Literal["webdataset", "ray_data"] = Field(
+        "webdataset", description="Under Ray: stream shards per rank (webdataset) or via Ray Data."
+    )
+    synth_pairs: int = Field(
+        512, ge=8, description="Pairs `vlalign run` synthesizes when `train` is null."
+    )
+    synth_seed: int = Field(0, ge=0, description="Seed of synthesized data.")
+
+
+LossName = Literal["sft", "sigmoid", "ipo", "hinge", "simpo", "orpo", "bradley_terry"]
+
+
+class MethodConfig(Section):
+    """Training method and its loss: sft, dpo (loss family by name) or reward (Bradley-Terry)."""
+
+    name: Literal["sft", "dpo", "reward"] = Field("sft", description="Training method.")
+    loss: LossName | None = Field(
+        None,
+        description="Loss variant; default per method: sft->sft, dpo->sigmoid, reward->bradley_terry.",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature (SimPO: reward scale; ORPO: odds-ratio weight)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Conservative/robust DPO: assumed preference-label noise."
+    )
+    gamma: float = Field(
+        0.5, ge=0.0, description="SimPO target reward margin (gamma / beta ratio form)."
+    )
+    nll_weight: float = Field(
+        0.0, ge=0.0, description="Weight of an NLL term on the chosen answer (RPO); 0 disables it."
+    )
+    reference: Literal["adapter_disabled", "frozen_copy", "precomputed", "none"] = Field(
+        "adapter_disabled",
+        description="DPO reference: LoRA disabled (no copy), a frozen copy, cached log-probs, or none.",
+    )
+    reward_margin: float = Field(
+        0.0, ge=0.0, description="Reward model: margin in the pairwise loss."
+    )
+    share_vision: bool = Field(
+        True,
+        description="Run the vision tower once per pair and share its features (when supported).",
+    )
+    logprob_chunk: int = Field(
+        1024, ge=1, description="Tokens per chunk when computing log-probs over the vocabulary."
+    )
+
+    @model_validator(mode="after")
+    def _default_loss(self) -> MethodConfig:
+        allowed = {
+            "sft": {"sft"},
+            "dpo": {"sigmoid", "ipo", "hinge", "simpo", "orpo"},
+            "reward": {"bradley_terry"},
+        }[self.name]
+        if self.loss is None:
+            object.__setattr__(
+                self, "loss", sorted(allowed)[0] if self.name != "dpo" else "sigmoid"
+            )
+        elif self.loss not in allowed:
+            raise ValueError(
+                f"loss {self.loss!r} does not belong to method {self.name!r} (choose from {sorted(allowed)})"
+            )
+        return self
+
+
+class TrainConfig(Section):
+    """The optimization loop."""
+
+    max_steps: int = Field(100, ge=1, description="Optimizer steps to run.")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Samples (pairs for dpo/reward) per rank per micro-step."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-steps accumulated per optimizer step.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Final lr as a fraction of the peak (cosine/linear)."
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    seed: int = Field(0, ge=0, description="Seed of data order, dropout and LoRA init.")
+    log_every: int = Field(1, ge=1, description="Steps between metric logs.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Steps between checkpoints (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    output_dir: str = Field("runs/{name}", description="Run directory; {name} is the recipe name.")
+    export: Literal["adapter", "merged", "none"] = Field(
+        "adapter",
+        description="What is exported at the end: the PEFT adapter, a merged model, or nothing.",
+    )
+
+
+class EngineConfig(Section):
+    """DeepSpeed engine settings."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+    template: str | None = Field(
+        None, description="DeepSpeed JSON template (default cluster/deepspeed/zero{stage}.json)."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keys merged over the DeepSpeed config (nested dicts merge).",
+    )
+    offload: Literal["none", "cpu"] = Field(
+        "none", description="ZeRO optimizer/param offload target."
+    )
+
+
+class ResourcesConfig(Section):
+    """Where and on how much the run executes."""
+
+    num_workers: int = Field(
+        1, ge=1, description="Training processes (Ray workers or local ranks)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU training).")
+    address: str | None = Field(None, description="Ray cluster address; null: a local cluster.")
+    storage_path: str | None = Field(
+        None, description="Ray Train storage for checkpoints (local folder or URI); default runs/."
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="Worker failures tolerated (restart from checkpoint)."
+    )
+
+
+class EvalConfig(Section):
+    """Safety evaluation: decoding and refusal detection."""
+
+    data: str | None = Field(None, description="Eval shards (default: data.eval).")
+    max_new_tokens: int = Field(24, ge=1, description="Tokens generated per answer.")
+    batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (with do_sample).")
+    refusal_detector: Literal["phrases", "judge"] = Field(
+        "phrases", description="Refusal detection: the phrase/pattern list or a judge model."
+    )
+    judge_model: str | None = Field(
+        None, description="Judge model path or id (refusal_detector: judge)."
+    )
+    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many prompts.")
+    num_workers: int = Field(1, ge=1, description="Ray workers the eval set is split across.")
+
+
+class TrackingConfig(Section):
+    """MLflow tracking and registry."""
+
+    enabled: bool = Field(True, description="Log the run to MLflow.")
+    uri: str | None = Field(
+        None, description="Tracking URI; null: local SQLite store sqlite:///mlruns/mlflow.db."
+    )
+    experiment: str = Field("vlalign", description="MLflow experiment name.")
+    run_name: str | None = Field(None, description="MLflow run name (default: the recipe name).")
+    registered_model: str | None = Field(
+        None, description="Registry model name; null: do not register."
+    )
+    log_model: bool = Field(
+        True, description="Log the adapter + processor as an MLflow pyfunc model."
+    )
+
+
+class Gate(Section):
+    """One promotion gate over a scorecard metric."""
+
+    metric: str = Field(..., description="Scorecard metric, e.g. harmful_refusal_rate.")
+    op: Literal[">=", "<=", ">", "<"] = Field(..., description="Comparison.")
+    value: float = Field(..., description="Threshold.")
+
+
+class PromotionConfig(Section):
+    """Safety gates a version must pass before it becomes `champion`."""
+
+    gates: list[Gate] = Field(
+        default_factory=list, description="Absolute gates over scorecard metrics."
+    )
+    max_regression: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric -> tolerance: must not be worse than the current champion by more.",
+    )
+    auto: bool = Field(False, description="Try promotion automatically at the end of the run.")
+
+
+class Recipe(Section):
+    """A whole vlalign recipe."""
+
+    name: str = Field("recipe", description="Recipe name: run name and output folder.")
+    description: str = Field("", description="One line shown by `vlalign ls`.")
+    extends: str | None = Field(
+        None,
+        description="Base recipe this one extends (path relative to this file, or a shipped name).",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model to fine-tune.")
+    peft: PeftConfig = Field(default_factory=PeftConfig, description="LoRA or full fine-tuning.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and eval data.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="Method and loss.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimization loop.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="DeepSpeed engine.")
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="Workers and devices."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Safety evaluation.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
+    promotion: PromotionConfig = Field(
+        default_factory=PromotionConfig, description="Promotion gates."
+    )
+
+    @property
+    def family(self) -> str:
+        """The model family, resolved for built-ins (`auto` stays for paths until loaded)."""
+        if self.model.family != "auto":
+            return self.model.family
+        return BUILTIN_FAMILY.get(self.model.name, "auto")
+
+    @property
+    def output_dir(self) -> str:
+        """train.output_dir with {name} filled in."""
+        return self.train.output_dir.replace("{name}", self.name)
