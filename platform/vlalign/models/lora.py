@@ -66,7 +66,7 @@ def lora_targets(model: nn.Module, cfg: PeftConfig) -> list[str]:
         targets += _linear_names(model, p, None)
     if cfg.include_vision and (v := vision_prefix(model)):
         targets += _linear_names(
-            model, v, cfg.target_modules + ["qkv", "proj", "fc1", "fc2", "out_proj"]
+            model, v, [*cfg.target_modules, "qkv", "proj", "fc1", "fc2", "out_proj"]
         )
     return targets
 
