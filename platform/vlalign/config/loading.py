@@ -115,7 +115,7 @@ def _suggest(path: list[str]) -> str:
     model = _schema_at(path[:-1])
     if model is None:
         return ""
-    hint = difflib.get_close_matches(path[-1], list(model.model_fields), n=1, cutoff=0.6)
+    hint = difflib.get_close_matches(path[-1], list(model.model_fields), n=1, cutoff=0.5)
     return f" (did you mean {'.'.join([*path[:-1], hint[0]])!r}?)" if hint else ""
 
 
