@@ -164,7 +164,7 @@ class MethodConfig(Section):
     def _default_loss(self) -> MethodConfig:
         allowed = {
             "sft": {"sft"},
-            "dpo": {"sigmoid", "ipo", "hinge", "simpo", "orpo"},
+            "dpo": {"sigmoid", "robust", "ipo", "hinge", "simpo", "orpo"},
             "reward": {"bradley_terry"},
         }[self.name]
         if self.loss is None:

@@ -1,0 +1,205 @@
+"""Model forwards shared by the methods: response log-probs, the pair forward, vision sharing.
+
+Three optimizations live here, each switchable so `bench/dpo_step.py` shows what it buys:
+- only the response positions get logits (`logits_to_keep` from the first scored position), and
+  their log-probs are computed in chunks over the vocabulary (`vlalign.logprobs`);
+- chosen and rejected run through ONE forward as a [2B, T] batch;
+- the vision tower runs once per pair: its features (transformers' `mm_encoder_outputs`) are
+  repeated for chosen and rejected, and reused by the reference when the vision path is frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vlalign.logprobs import SequenceLogprobs, sequence_logprobs
+from vlalign.models.inputs import IGNORE_INDEX
+
+# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values).
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
+# The keys the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
+PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under PEFT / DeepSpeed wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def image_inputs(batch: dict) -> dict[str, Tensor]:
+    """The image tensors of a batch (pixel_values and friends), once per sample or pair."""
+    return {k: batch[k] for k in IMAGE_KEYS if k in batch and batch[k] is not None}
+
+
+def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    """Each image tensor repeated n times along its per-image dim 0 (naive pair path)."""
+    return {k: torch.cat([v] * n, dim=0) for k, v in images.items()}
+
+
+def encode_images(model: torch.nn.Module, images: dict[str, Tensor]) -> BaseModelOutputWithPooling:
+    """Run the vision tower + projector once. pooler_output: per-image features."""
+    base = hf_model(model)
+    kwargs = {
+        k: v
+        for k, v in images.items()
+        if k in ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
+    }
+    return base.get_image_features(**kwargs, return_dict=True)
+
+
+def repeat_features(feats: BaseModelOutputWithPooling, n: int) -> BaseModelOutputWithPooling:
+    """Features of B images -> features for n*B sequences (image i serves rows i, B+i, ...)."""
+    po = feats.pooler_output
+    if isinstance(po, (list, tuple)):
+        po = tuple(po) * n
+    else:
+        po = torch.cat([po] * n, dim=0)
+    return BaseModelOutputWithPooling(pooler_output=po)
+
+
+def vision_is_trainable(model: torch.nn.Module) -> bool:
+    """True when any vision-tower or projector parameter trains (features then need grad)."""
+    from vlalign.models.lora import projector_prefix, vision_prefix
+
+    base = hf_model(model)
+    prefixes = [p for p in (vision_prefix(base), projector_prefix(base)) if p]
+    return any(
+        p.requires_grad
+        for name, p in base.named_parameters()
+        if any(name.startswith(x + ".") for x in prefixes)
+    )
+
+
+def _first_scored(labels: Tensor) -> int:
+    scored = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    return int(scored[0]) if len(scored) else labels.shape[1] - 1
+
+
+def sequence_forward(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    extra: dict,
+    chunk_size: int,
+    keep_only_response: bool = True,
+) -> SequenceLogprobs:
+    """Summed/mean response log-probs [B] of sequences input_ids [B, T].
+
+    Logits are computed only from the position before the first scored label on (all rows), so
+    the prompt and image tokens never reach the LM head.
+    """
+    start = max(0, _first_scored(labels) - 1) if keep_only_response else 0
+    keep = torch.arange(start, input_ids.shape[1], device=input_ids.device) if start else 0
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_to_keep=keep,
+        use_cache=False,
+        **extra,
+    )
+    return sequence_logprobs(out.logits, labels[:, start:], chunk_size)
+
+
+def _pad_to(x: Tensor, length: int, value: int) -> Tensor:
+    return F.pad(x, (0, length - x.shape[1]), value=value)
+
+
+def stack_pairs(batch: dict, pad_id: int) -> dict[str, Tensor]:
+    """chosen_* [B, Tc] and rejected_* [B, Tr] -> input_ids/attention_mask/labels [2B, T]."""
+    T = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    out = {}
+    for key, pad in (
+        ("input_ids", pad_id),
+        ("attention_mask", 0),
+        ("labels", IGNORE_INDEX),
+        ("mm_token_type_ids", 0),
+    ):
+        c, r = batch.get(f"chosen_{key}"), batch.get(f"rejected_{key}")
+        if c is None:
+            continue
+        out[key] = torch.cat([_pad_to(c, T, pad), _pad_to(r, T, pad)], dim=0)
+    return out
+
+
+@dataclass
+class PairOptions:
+    """Switches of the pair forward (all on by default; the bench turns each off)."""
+
+    concatenate: bool = True  # chosen + rejected in one [2B, T] forward
+    share_vision: bool = True  # vision tower once per pair
+    chunk_size: int = 1024  # tokens per log-prob chunk
+    keep_only_response: bool = True  # logits only for response positions
+
+
+def pair_forward(
+    model: torch.nn.Module,
+    batch: dict,
+    pad_id: int,
+    opts: PairOptions,
+    features: BaseModelOutputWithPooling | None = None,
+) -> tuple[SequenceLogprobs, SequenceLogprobs]:
+    """Log-probs of chosen and rejected responses [B] each, sharing the image per pair.
+
+    `features`: precomputed image features of the B pairs (vision once per pair); when None and
+    opts.share_vision, they are computed here once.
+    """
+    images = image_inputs(batch)
+    lm_image_keys = {k: v for k, v in images.items() if k not in PIXEL_KEYS}
+    if opts.share_vision and images and features is None:
+        features = encode_images(model, images)
+    if not opts.concatenate:
+        results = []
+        for side in ("chosen", "rejected"):
+            extra = dict(lm_image_keys)
+            if f"{side}_mm_token_type_ids" in batch:
+                extra["mm_token_type_ids"] = batch[f"{side}_mm_token_type_ids"]
+            if opts.share_vision and features is not None:
+                extra["mm_encoder_outputs"] = {"image": features}
+            else:
+                extra.update(images)
+            results.append(
+                sequence_forward(
+                    model,
+                    batch[f"{side}_input_ids"],
+                    batch[f"{side}_attention_mask"],
+                    batch[f"{side}_labels"],
+                    extra,
+                    opts.chunk_size,
+                    opts.keep_only_response,
+                )
+            )
+        return results[0], results[1]
+    seq = stack_pairs(batch, pad_id)
+    extra = repeat_images(lm_image_keys, 2)
+    if "mm_token_type_ids" in seq:
+        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
+    if opts.share_vision and features is not None:
+        extra["mm_encoder_outputs"] = {"image": repeat_features(features, 2)}
+    else:
+        extra.update(repeat_images(images, 2))
+    lp = sequence_forward(
+        model,
+        seq["input_ids"],
+        seq["attention_mask"],
+        seq["labels"],
+        extra,
+        opts.chunk_size,
+        opts.keep_only_response,
+    )
+    B = batch["chosen_input_ids"].shape[0]
+    return (
+        SequenceLogprobs(*(t[:B] for t in lp)),
+        SequenceLogprobs(*(t[B:] for t in lp)),
+    )

@@ -1,0 +1,125 @@
+"""Checkpoints that hold everything a restart needs, written atomically.
+
+Layout under `<output_dir>/checkpoints/`::
+
+    step-000020/            one self-contained checkpoint (what Ray reports and restores)
+      ds/ckpt/...           DeepSpeed engine state (model, optimizer, scheduler; per-rank files)
+      trainer_state.json    step, data position per rank, MLflow run id, losses so far
+      rng-rank{R}.pt        python / numpy / torch RNG states of rank R (safe: tensors + lists)
+    latest                  text file naming the newest COMPLETE checkpoint
+
+Every rank calls `save` (DeepSpeed's save is collective). Files go to `.tmp-step-000020/`; after
+a barrier rank 0 renames it and only then moves `latest`, so an interrupted save never becomes
+the restart point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlalign.training.distributed import barrier
+
+DS_TAG = "ckpt"
+
+
+@dataclass
+class TrainerState:
+    """Loop state saved beside the engine state."""
+
+    step: int
+    data_positions: dict[str, int] = field(default_factory=dict)  # rank -> samples consumed
+    run_id: str | None = None
+    losses: list[float] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+
+
+def step_dirname(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors/ints only, so they load with torch.load(weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine, root: Path, state: TrainerState, rank: int, world_size: int, keep: int) -> Path:
+    """Collective save of engine + trainer state + RNG; returns the final checkpoint directory."""
+    final = root / step_dirname(state.step)
+    tmp = root / f".tmp-{step_dirname(state.step)}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, save_latest=False)
+    torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
+    barrier()
+    if rank == 0:
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_latest(root, final.name)
+        _prune(root, keep)
+    barrier()
+    return final
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / ".latest.tmp"
+    tmp.write_text(name)
+    os.replace(tmp, root / "latest")
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for p in steps[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint under root, or None."""
+    f = root / "latest"
+    if not f.is_file():
+        return None
+    p = root / f.read_text().strip()
+    return p if (p / "trainer_state.json").is_file() else None
+
+
+def load(engine, ckpt: Path, rank: int) -> TrainerState:
+    """Restore engine (model, optimizer, scheduler), this rank's RNG, and the trainer state."""
+    if not (ckpt / "trainer_state.json").is_file():
+        from vlalign.errors import VlalignError
+
+        raise VlalignError(f"checkpoint {ckpt} is incomplete (no trainer_state.json)")
+    engine.load_checkpoint(
+        str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    rng = ckpt / f"rng-rank{rank}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))

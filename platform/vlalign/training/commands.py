@@ -1,0 +1,49 @@
+"""`vlalign run`: run a recipe on Ray (default) or in local processes (`--no-ray [--nproc N]`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vlalign.config.checks import check_recipe
+    from vlalign.config.loading import load_recipe
+    from vlalign.errors import RecipeError
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    problems = check_recipe(recipe)
+    if problems:
+        raise RecipeError(args.recipe, problems)
+    if args.no_ray:
+        from vlalign.training.launch import launch_local
+
+        result = launch_local(recipe, nproc=args.nproc)
+    else:
+        from vlalign.orchestration.ray_train import run_on_ray
+
+        result = run_on_ray(recipe, address=args.address)
+    last = result.metrics[-1] if result.metrics else {}
+    print(
+        f"done: {recipe.name}: {len(result.losses)} steps this run, final loss {last.get('loss', float('nan')):.4f}"
+    )
+    if result.export_dir:
+        print(f"  exported   {result.export_dir}")
+    if result.checkpoint_dir:
+        print(f"  checkpoint {result.checkpoint_dir}")
+    if result.run_id:
+        print(f"  mlflow run {result.run_id}  (see it with `vlalign ui`)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="train a recipe (on Ray by default)")
+    p.add_argument("recipe", help="recipe file or shipped name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p.add_argument("--no-ray", action="store_true", help="run in local processes instead of Ray")
+    p.add_argument("--nproc", type=int, default=1, help="local processes with --no-ray (ranks)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS or a local cluster)",
+    )
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,52 @@
+"""What a training process is told about where it runs, and what it gives back.
+
+The loop never reads environment variables for its settings: a launcher (local `--nproc`,
+Ray Train, a test) fills a TrainContext. The process group must already exist, or the loop
+creates a one-process group itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ReportFn = Callable[[dict, Path | None], None]
+
+
+@dataclass
+class TrainContext:
+    """Rank, device and launcher hooks of one training process.
+
+    `report(metrics, checkpoint_dir)` is called by EVERY rank after each checkpoint is complete
+    (Ray merges the ranks' files); `restore_from` is a checkpoint directory to resume from.
+    `stop_after` (tests only) ends the loop early after that many optimizer steps, as a kill would.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    restore_from: Path | None = None
+    report: ReportFn | None = None
+    stop_after: int | None = None
+    on_step: Callable[[int, dict], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-step losses (rank 0 sees the global mean), paths, run id."""
+
+    losses: list[float]
+    metrics: list[dict]
+    output_dir: Path
+    export_dir: Path | None
+    checkpoint_dir: Path | None
+    run_id: str | None = None
+    resumed_from_step: int = 0

@@ -1,0 +1,253 @@
+"""The training loop: one function, the same in one process, N local ranks, or N Ray workers.
+
+Contract (`run_training(recipe, ctx) -> TrainResult`):
+- The process group is the caller's (torchrun-style env, Ray Train's gloo/NCCL group); with none,
+  a one-process group is created. DeepSpeed reuses it.
+- Every rank builds the same model (built-ins materialize once to a shared cache), applies the
+  LoRA policy, wraps it in a DeepSpeed engine, and streams its own slice of the shards.
+- Each optimizer step takes `grad_accum` micro-batches; a method's loss is a SUM over units
+  (tokens for SFT, pairs for DPO/reward) divided by the GLOBAL count of units in the step, so
+  micro-batch x accumulation x ranks all give the gradient of one big batch.
+- Checkpoints (`train.checkpoint_every` and at the end) hold engine, data position, RNG, step,
+  MLflow run id; after each one EVERY rank calls `ctx.report(metrics, checkpoint_dir)`.
+  A restart resumes from `ctx.restore_from` or the output dir's `latest` checkpoint.
+- Rank 0 logs metrics (MLflow through `vlalign.tracking` when enabled) and exports the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlalign.config.schema import Recipe
+from vlalign.methods import METHODS
+from vlalign.methods.dpo import frozen_copy
+from vlalign.methods.reward import RewardModel
+from vlalign.models import apply_peft, build
+from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
+from vlalign.training import checkpoint as ckpt
+from vlalign.training.context import TrainContext, TrainResult
+from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group
+from vlalign.training.engine import initialize
+from vlalign.training.export import export
+
+log = logging.getLogger("vlalign.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def units(batch: dict, kind: str) -> float:
+    """Loss units in a micro-batch: scored response tokens (sft) or pairs."""
+    if kind == "sft":
+        return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return float(batch["chosen_input_ids"].shape[0])
+
+
+def tokens_in(batch: dict, kind: str) -> int:
+    """Tokens the model processes in a micro-batch, image tokens included (non-pad)."""
+    if kind == "sft":
+        return int(batch["attention_mask"].sum())
+    return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+
+
+def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point() and k.startswith("pixel_values"):
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def _tracker(recipe: Recipe, ctx: TrainContext):
+    if not (ctx.is_main and recipe.tracking.enabled):
+        return None
+    from vlalign.tracking.run_logger import RunLogger
+
+    return RunLogger(recipe)
+
+
+def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult:
+    """Train per the recipe in this process (one rank of possibly many). See module docstring."""
+    from vlalign.training.data import batch_stream, prepare_data
+
+    ctx = ctx or TrainContext()
+    rank, world = ensure_process_group(ctx.device)
+    ctx.rank, ctx.world_size = rank, world
+    t = recipe.train
+    seed_everything(t.seed)
+    out_dir = Path(recipe.output_dir)
+    root = out_dir / "checkpoints"
+
+    data = prepare_data(recipe, ctx)  # synthesizes when data.train is null (rank 0, then barrier)
+    if rank == 0:
+        build(recipe.model)  # materialize a built-in once before every rank loads it
+    barrier()
+    built = build(recipe.model, device=ctx.device)
+    encoder = ChatEncoder(built.processor, built.family, recipe.data.max_length)
+    pad_id = built.processor.tokenizer.pad_token_id
+    model = apply_peft(built.model, recipe.peft, seed=t.seed)
+    method = METHODS[recipe.method.name]
+    kind = "sft" if recipe.method.name == "sft" else "pairs"
+
+    extra: dict = {}
+    if recipe.method.name == "dpo" and recipe.method.reference == "frozen_copy":
+        extra["frozen_ref"] = frozen_copy(model)
+    if recipe.method.name == "dpo" and recipe.method.reference == "precomputed":
+        from vlalign.training.reference_cache import load_or_compute
+
+        extra["ref_cache"] = load_or_compute(recipe, model, built, encoder, data, ctx)
+    train_model = RewardModel(model) if recipe.method.name == "reward" else model
+    if recipe.model.dtype != "float32":
+        train_model.to(built.model.dtype)
+    engine = initialize(train_model, recipe, world)
+    state = method.setup(recipe, engine, pad_id, **extra)
+    dtype = next(p for p in engine.module.parameters()).dtype
+
+    restore = ctx.restore_from or ckpt.latest(root)
+    tstate = ckpt.TrainerState(step=0)
+    if restore is not None:
+        tstate = ckpt.load(engine, Path(restore), rank)
+        log.info("resumed from %s at step %d", restore, tstate.step)
+    resumed_from = tstate.step
+
+    tracker = _tracker(recipe, ctx)
+    run_id = tracker.start(resume_run_id=tstate.run_id) if tracker else tstate.run_id
+    tstate.run_id = run_id
+    if tracker:
+        tracker.log_dataset(data.train_location, data.manifest)
+
+    position = tstate.data_positions.get(str(rank), 0)
+    stream = batch_stream(recipe, encoder, data, kind, rank, world, start_position=position)
+    last_ckpt: Path | None = None
+    progress = _progress(ctx, t.max_steps, tstate.step)
+    try:
+        while tstate.step < t.max_steps:
+            step_start = time.perf_counter()
+            micro, wait = [], 0.0
+            for _ in range(t.grad_accum):
+                t0 = time.perf_counter()
+                batch, position = next(stream)
+                wait += time.perf_counter() - t0
+                micro.append(batch)
+            global_units = all_reduce_sum(sum(units(b, kind) for b in micro), ctx.device)
+            loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
+            for b in micro:
+                out = method.step(state, _to_device(b, ctx.device, dtype))
+                engine.backward(out.loss_sum / global_units * t.grad_accum * world)
+                engine.step()
+                loss_sum += float(out.loss_sum.detach())
+                for k, v in out.sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_tokens += tokens_in(b, kind)
+                skipped += int(b.get("n_skipped", 0))
+            tstate.step += 1
+            tstate.data_positions[str(rank)] = position
+            step_time = time.perf_counter() - step_start
+            metrics = _step_metrics(
+                engine,
+                method,
+                loss_sum,
+                sums,
+                global_units,
+                n_tokens,
+                step_time,
+                wait,
+                skipped,
+                ctx,
+            )
+            tstate.losses.append(metrics["loss"])
+            tstate.metrics.append(metrics)
+            if tracker and tstate.step % t.log_every == 0:
+                tracker.log_metrics(metrics, step=tstate.step)
+            if ctx.on_step:
+                ctx.on_step(tstate.step, metrics)
+            progress(tstate.step, metrics)
+            due = t.checkpoint_every and tstate.step % t.checkpoint_every == 0
+            if due or tstate.step == t.max_steps:
+                last_ckpt = ckpt.save(engine, root, tstate, rank, world, t.keep_checkpoints)
+                if ctx.report:
+                    ctx.report({"step": tstate.step, **metrics}, last_ckpt)
+            if ctx.stop_after is not None and tstate.step >= ctx.stop_after:
+                break
+        export_dir = None
+        if tstate.step >= t.max_steps:
+            export_dir = export(
+                engine.module,
+                built.processor,
+                recipe,
+                built.family,
+                out_dir / "export",
+                rank,
+                recipe.engine.zero_stage,
+            )
+            if tracker and export_dir is not None:
+                tracker.log_export(export_dir)
+    except BaseException as e:
+        if tracker:
+            tracker.fail(e)
+        raise
+    finally:
+        progress(None, None)
+    if tracker:
+        tracker.finish()
+    return TrainResult(
+        losses=tstate.losses,
+        metrics=tstate.metrics,
+        output_dir=out_dir,
+        export_dir=export_dir,
+        checkpoint_dir=last_ckpt,
+        run_id=run_id,
+        resumed_from_step=resumed_from,
+    )
+
+
+def _step_metrics(
+    engine, method, loss_sum, sums, global_units, n_tokens, step_time, wait, skipped, ctx
+) -> dict:
+    """Global metrics of one optimizer step (sums all-reduced over ranks)."""
+    device = ctx.device
+    loss = all_reduce_sum(loss_sum, device) / max(global_units, 1.0)
+    reduced = {k: all_reduce_sum(v, device) for k, v in sorted(sums.items())}
+    tokens = all_reduce_sum(float(n_tokens), device)
+    metrics = {"loss": loss, **method.metrics(reduced, global_units)}
+    metrics["loss"] = loss
+    gn = engine.get_global_grad_norm()
+    metrics["grad_norm"] = float(gn) if gn is not None else float("nan")
+    metrics["lr"] = float(engine.get_lr()[0])
+    metrics["tokens_per_s"] = tokens / step_time if step_time > 0 else 0.0
+    metrics["data_wait_s"] = wait
+    metrics["step_time_s"] = step_time
+    metrics["data/skipped"] = all_reduce_sum(float(skipped), device)
+    return metrics
+
+
+def _progress(ctx: TrainContext, total: int, start: int):
+    """A tqdm bar on rank 0 (a no-op elsewhere); call with (step, metrics), then (None, None)."""
+    if not ctx.is_main:
+        return lambda *_: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False
+    )
+
+    def update(step, metrics):
+        if step is None:
+            bar.close()
+            return
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    return update
