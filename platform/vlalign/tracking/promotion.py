@@ -1,0 +1,229 @@
+"""Safety-gated promotion: move the alias `champion` only when a version passes every gate.
+
+Gates come from the recipe's `promotion` section: absolute thresholds over scorecard metrics
+(`harmful_refusal_rate >= 0.95`) and `max_regression` tolerances against the current champion
+("must not be worse by more than"). Worse is defined per metric by METRIC_DIRECTION: a higher
+harmful refusal rate is better, a higher benign refusal rate (over-refusal) is worse.
+
+`evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
+and either moves `champion` (recording the previous one in the model tag
+`vlalign.champion_history`, a JSON list used as a stack by `rollback`) and tags the version
+`promotion=passed`, or leaves `champion` alone, tags the version `promotion=refused` with
+`promotion.failed_gates`, and raises PromotionRefused (a VlalignError: the CLI exits non-zero).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from dataclasses import asdict, dataclass, field
+
+from vlalign.config.schema import PromotionConfig
+from vlalign.errors import VlalignError
+from vlalign.tracking.registry import (
+    CHAMPION,
+    TAG_PROMOTION,
+    get_version,
+    model_tag_json,
+    run_recipe,
+    scorecard_metrics,
+    version_by_alias,
+)
+from vlalign.tracking.store import Store, client_for
+
+HIGHER_IS_BETTER = "higher"
+LOWER_IS_BETTER = "lower"
+METRIC_DIRECTION = {
+    "harmful_refusal_rate": HIGHER_IS_BETTER,
+    "attack_success_rate": LOWER_IS_BETTER,
+    "benign_refusal_rate": LOWER_IS_BETTER,
+    "text_validity_rate": HIGHER_IS_BETTER,
+    "implicit_reward_accuracy": HIGHER_IS_BETTER,
+    "reward_accuracy": HIGHER_IS_BETTER,
+}
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+HISTORY_TAG = "vlalign.champion_history"
+FAILED_TAG = "promotion.failed_gates"
+PREVIOUS_TAG = "promotion.previous_champion"
+_MAX_TAG = 5000
+
+
+@dataclass
+class GateResult:
+    """One gate's verdict. gate: its text; value: the candidate's metric (None if missing)."""
+
+    gate: str
+    metric: str
+    passed: bool
+    value: float | None
+    reason: str
+
+
+@dataclass
+class GateReport:
+    """Every gate's verdict; passes only when there is at least one gate and all pass."""
+
+    results: list[GateResult] = field(default_factory=list)
+    champion: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [r for r in self.results if not r.passed]
+
+    def summary(self) -> str:
+        """One line per gate: PASS/FAIL, the gate, and why."""
+        return "\n".join(
+            f"  {'PASS' if r.passed else 'FAIL'}  {r.gate}: {r.reason}" for r in self.results
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "champion": self.champion,
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+class PromotionRefused(VlalignError):
+    """A version failed its gates; `report` says which and why."""
+
+    def __init__(self, name: str, version: str, report: GateReport) -> None:
+        self.report = report
+        failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
+        super().__init__(f"promotion of {name} version {version} refused: {failed}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def evaluate_gates(
+    cfg: PromotionConfig,
+    metrics: dict[str, float],
+    champion_metrics: dict[str, float] | None = None,
+    champion: str | None = None,
+) -> GateReport:
+    """Evaluate absolute gates and regression tolerances over scorecard metrics (pure).
+
+    A metric missing from the candidate's scorecard fails its gate. Regression gates pass when
+    there is no champion (nothing to regress from) or the champion lacks the metric.
+    """
+    unknown = sorted(set(cfg.max_regression) - set(METRIC_DIRECTION))
+    if unknown:
+        raise VlalignError(
+            f"promotion.max_regression: no direction known for {unknown} "
+            f"(known: {', '.join(sorted(METRIC_DIRECTION))})"
+        )
+    if not cfg.gates and not cfg.max_regression:
+        raise VlalignError(
+            "promotion: no gates configured; refusing to promote without a safety check "
+            "(add promotion.gates to the recipe or pass --recipe)"
+        )
+    report = GateReport(champion=champion)
+    for g in cfg.gates:
+        text = f"{g.metric} {g.op} {g.value:g}"
+        value = metrics.get(g.metric)
+        if not _finite(value):
+            reason = (
+                "missing from the scorecard" if value is None else f"value {value} is not finite"
+            )
+            report.results.append(GateResult(text, g.metric, False, value, reason))
+            continue
+        ok = OPS[g.op](value, g.value)
+        report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
+    for metric, tol in sorted(cfg.max_regression.items()):
+        direction = METRIC_DIRECTION[metric]
+        text = f"{metric} at most {tol:g} worse than champion ({direction} is better)"
+        value = metrics.get(metric)
+        if not _finite(value):
+            report.results.append(
+                GateResult(text, metric, False, value, "missing from the scorecard")
+            )
+            continue
+        base = (champion_metrics or {}).get(metric)
+        if champion_metrics is None or not _finite(base):
+            why = "no champion yet" if champion_metrics is None else "champion has no such metric"
+            report.results.append(GateResult(text, metric, True, value, why))
+            continue
+        worse_by = (base - value) if direction == HIGHER_IS_BETTER else (value - base)
+        ok = worse_by <= tol + 1e-12
+        reason = f"got {value:g} vs champion v{champion} {base:g} (worse by {max(worse_by, 0):g})"
+        report.results.append(GateResult(text, metric, ok, value, reason))
+    return report
+
+
+@dataclass
+class PromotionResult:
+    """What promote() did: the new champion, the one it replaced, and the gate report."""
+
+    name: str
+    version: str
+    previous: str | None
+    report: GateReport
+
+
+def _history(store: Store, name: str) -> list[str]:
+    hist = model_tag_json(store, name, HISTORY_TAG, [])
+    if not isinstance(hist, list):
+        raise VlalignError(f"model {name!r}: tag {HISTORY_TAG!r} must be a JSON list")
+    return [str(v) for v in hist]
+
+
+def promote(
+    store: Store, name: str, version: str | int, cfg: PromotionConfig | None = None
+) -> PromotionResult:
+    """Evaluate `version`'s scorecard against the gates; move `champion` only if all pass.
+
+    cfg: the gates (default: the promotion section of the recipe the version's run logged).
+    Raises PromotionRefused (after tagging the version) when a gate fails.
+    """
+    version = str(version)
+    client = client_for(store)
+    mv = get_version(store, name, version)
+    if cfg is None:
+        if not mv.run_id:
+            raise VlalignError(
+                f"{name} version {version} has no run to read its recipe's gates from: pass --recipe"
+            )
+        cfg = run_recipe(store, mv.run_id).promotion
+    current = version_by_alias(store, name, CHAMPION)
+    champion_metrics = None
+    if current is not None and current != version:
+        champion_metrics = scorecard_metrics(store, get_version(store, name, current))
+    report = evaluate_gates(cfg, scorecard_metrics(store, mv), champion_metrics, current)
+    if not report.passed:
+        failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
+        client.set_model_version_tag(name, version, TAG_PROMOTION, "refused")
+        client.set_model_version_tag(name, version, FAILED_TAG, failed[:_MAX_TAG])
+        raise PromotionRefused(name, version, report)
+    if current != version:
+        history = _history(store, name)
+        if current is not None:  # record before moving, so a failure cannot lose it
+            client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, current]))
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, TAG_PROMOTION, "passed")
+    client.set_model_version_tag(name, version, PREVIOUS_TAG, current or "none")
+    if FAILED_TAG in mv.tags:
+        client.delete_model_version_tag(name, version, FAILED_TAG)
+    return PromotionResult(name, version, current if current != version else None, report)
+
+
+def rollback(store: Store, name: str) -> tuple[str, str | None]:
+    """Restore the previous champion; returns (restored version, demoted version)."""
+    client = client_for(store)
+    history = _history(store, name)
+    if not history:
+        raise VlalignError(f"model {name!r} has no previous champion to roll back to")
+    restored = history[-1]
+    get_version(store, name, restored)  # still exists?
+    demoted = version_by_alias(store, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, restored)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
+    if demoted is not None:
+        client.set_model_version_tag(name, demoted, TAG_PROMOTION, "rolled_back")
+    return restored, demoted

@@ -1,0 +1,206 @@
+"""Model registry: register a logged policy as a new version, tag it, list versions with aliases.
+
+A version carries the tags that make it traceable and comparable: recipe_digest, data_digest,
+base_model, method, git_commit and the safety scorecard's headline metrics (`scorecard.<m>`).
+New versions get the alias `candidate`; `champion` is moved only by promotion. Aliases only,
+never MLflow stages. (On SQLite, search_model_versions returns empty aliases, so aliases are
+read from the registered model.)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vlalign.config import Recipe
+from vlalign.errors import VlalignError
+from vlalign.tracking import scorecard as sc
+from vlalign.tracking.run_logger import (
+    RECIPE_ARTIFACT,
+    TAG_DATA_DIGEST,
+    TAG_GIT_COMMIT,
+    base_model_spec,
+    recipe_digest,
+)
+from vlalign.tracking.store import Store, client_for
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+TAG_SCORECARD_NAME = "scorecard_name"
+TAG_PROMOTION = "promotion"
+
+
+@dataclass
+class VersionInfo:
+    """One registered version as `registry list` shows it."""
+
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created: datetime
+    tags: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promotion(self) -> str:
+        return self.tags.get(TAG_PROMOTION, "-")
+
+
+def version_tags(
+    recipe: Recipe,
+    card: dict[str, Any] | None,
+    data_digest: str | None,
+    git_commit: str | None,
+) -> dict[str, str]:
+    """The tags a new version carries (missing values are written as 'unknown')."""
+    tags = {
+        "recipe_digest": recipe_digest(recipe),
+        "data_digest": data_digest or "unknown",
+        "base_model": base_model_spec(recipe),
+        "method": f"{recipe.method.name}/{recipe.method.loss}",
+        "git_commit": git_commit or "unknown",
+    }
+    if card is not None:
+        tags[TAG_SCORECARD_NAME] = card["name"]
+        tags.update(sc.metrics_to_tags(sc.headline(card)))
+    return tags
+
+
+def register_version(
+    store: Store,
+    name: str,
+    model_uri: str,
+    recipe: Recipe,
+    run_id: str | None = None,
+    scorecard: str | Path | dict[str, Any] | None = None,
+    data_digest: str | None = None,
+    git_commit: str | None = None,
+):
+    """Register `model_uri` (models:/m-... from log_model) as a new version of `name`.
+
+    data_digest and git_commit default to the run's tags. The version gets the alias
+    `candidate`. Returns MLflow's ModelVersion.
+    """
+    import mlflow
+
+    client = client_for(store)
+    card = sc.load_scorecard(scorecard) if scorecard is not None else None
+    if run_id is not None and (data_digest is None or git_commit is None):
+        run_tags = client.get_run(run_id).data.tags
+        data_digest = data_digest or run_tags.get(TAG_DATA_DIGEST)
+        git_commit = git_commit or run_tags.get(TAG_GIT_COMMIT)
+    if data_digest is None and card is not None:
+        data_digest = card.get("data_digest")
+    tags = version_tags(recipe, card, data_digest, git_commit)
+    mlflow.set_registry_uri(store.uri)
+    mlflow.set_tracking_uri(store.uri)
+    mv = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    return client.get_model_version(name, mv.version)
+
+
+def _require_model(client, store: Store, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        raise VlalignError(f"no registered model {name!r} in {store.uri}") from None
+
+
+def get_version(store: Store, name: str, version: str | int):
+    """ModelVersion `version` of `name`, or VlalignError naming both."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(store)
+    _require_model(client, store, name)
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise VlalignError(f"model {name!r} has no version {version} in {store.uri}") from None
+
+
+def aliases(store: Store, name: str) -> dict[str, str]:
+    """alias -> version for a registered model."""
+    client = client_for(store)
+    return {k: str(v) for k, v in _require_model(client, store, name).aliases.items()}
+
+
+def version_by_alias(store: Store, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client_for(store).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def scorecard_metrics(store: Store, mv) -> dict[str, float]:
+    """A version's scorecard metrics: its run's eval/<name>/scorecard.json, else its tags."""
+    name = mv.tags.get(TAG_SCORECARD_NAME)
+    if mv.run_id and name:
+        with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
+            try:
+                path = client_for(store).download_artifacts(mv.run_id, sc.artifact_path(name), tmp)
+            except Exception:  # artifact store unreachable or file absent: fall back to tags
+                path = None
+            if path:
+                card = sc.load_scorecard(path)
+                return {k: float(v) for k, v in card["metrics"].items()}
+    return sc.metrics_from_tags(mv.tags)
+
+
+def run_recipe(store: Store, run_id: str) -> Recipe:
+    """The resolved recipe a run logged as recipe.yaml."""
+    import yaml
+    from pydantic import ValidationError
+
+    with tempfile.TemporaryDirectory(prefix="vlalign-recipe-") as tmp:
+        try:
+            path = client_for(store).download_artifacts(run_id, RECIPE_ARTIFACT, tmp)
+        except Exception as e:
+            raise VlalignError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact: {e}") from None
+        text = Path(path).read_text()
+    try:
+        return Recipe.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise VlalignError(f"run {run_id}: {RECIPE_ARTIFACT} is not a valid recipe: {e}") from None
+
+
+def list_versions(store: Store, name: str) -> list[VersionInfo]:
+    """Every version of `name` (newest first) with its aliases, tags and scorecard metrics."""
+    client = client_for(store)
+    model = _require_model(client, store, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in model.aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    out = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        out.append(
+            VersionInfo(
+                version=str(mv.version),
+                aliases=sorted(by_version.get(str(mv.version), [])),
+                run_id=mv.run_id,
+                created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
+                tags=dict(mv.tags),
+                metrics=sc.metrics_from_tags(mv.tags),
+            )
+        )
+    return sorted(out, key=lambda v: int(v.version), reverse=True)
+
+
+def model_tag_json(store: Store, name: str, key: str, default: Any) -> Any:
+    """A registered-model tag holding JSON (default when absent)."""
+    model = _require_model(client_for(store), store, name)
+    raw = model.tags.get(key)
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise VlalignError(f"model {name!r}: tag {key!r} is not valid JSON: {raw!r}") from None

@@ -1,0 +1,136 @@
+"""Where runs and models are stored: the tracking URI and the one-time creation of the store.
+
+The embedded default is a local SQLite store `<cwd>/mlruns/mlflow.db` with artifacts under
+`<cwd>/mlruns/artifacts`; a recipe's `tracking.uri` (e.g. `http://HOST:5000`) selects a tracking
+server instead. Several processes creating a NEW SQLite store at once race in its alembic
+migration, so the driver calls `prepare_store()` once before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlalign.errors import VlalignError
+
+# MLflow 3 sends usage telemetry unless told not to; this platform never phones home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+EMBEDDED_DIR = "mlruns"
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "artifacts"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A resolved MLflow store.
+
+    uri: tracking (and registry) URI. artifact_root: where new experiments keep artifacts
+    (a file:// URI for the embedded store; None when a tracking server decides).
+    """
+
+    uri: str
+    artifact_root: str | None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.uri.startswith("sqlite:")
+
+    @property
+    def is_server(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file of a SQLite store."""
+        if not self.is_sqlite:
+            return None
+        return Path(self.uri.removeprefix("sqlite:///"))
+
+
+def embedded_store(base_dir: str | Path | None = None) -> Store:
+    """The embedded default under `base_dir` (default: the current directory)."""
+    root = (Path(base_dir) if base_dir else Path.cwd()).resolve() / EMBEDDED_DIR
+    return Store(
+        uri=f"sqlite:///{root / EMBEDDED_DB}",
+        artifact_root=(root / EMBEDDED_ARTIFACTS).as_uri(),
+    )
+
+
+def resolve_store(uri: str | None = None, base_dir: str | Path | None = None) -> Store:
+    """A tracking URI (from a recipe or `--tracking-uri`) -> Store; None -> the embedded default.
+
+    Relative SQLite paths (`sqlite:///mlruns/x.db`) and plain directories are made absolute
+    against `base_dir`, so that every process (and the UI) sees the same store.
+    """
+    if uri is None or uri == "":
+        return embedded_store(base_dir)
+    base = (Path(base_dir) if base_dir else Path.cwd()).resolve()
+    if uri.startswith(("http://", "https://", "databricks")):
+        return Store(uri=uri.rstrip("/"), artifact_root=None)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        path = path if path.is_absolute() else base / path
+        return Store(
+            uri=f"sqlite:///{path}", artifact_root=(path.parent / EMBEDDED_ARTIFACTS).as_uri()
+        )
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        return Store(uri=uri, artifact_root=None)
+    if uri.startswith("file:") or "://" not in uri:
+        raise VlalignError(
+            f"tracking.uri: {uri!r}: file stores are not supported (the model registry needs a "
+            "database); use sqlite:///PATH/mlflow.db, a tracking server http://HOST:PORT, or null "
+            "for the embedded default"
+        )
+    raise VlalignError(f"tracking.uri: {uri!r}: unsupported scheme (use sqlite:///, http(s)://)")
+
+
+def prepare_store(store: Store) -> None:
+    """Create the store if it does not exist yet (run ONCE in the driver, before workers).
+
+    For SQLite this creates the folder and runs MLflow's schema migration; for a server it
+    checks that the server answers. Raises VlalignError when the store cannot be reached.
+    """
+    from mlflow import MlflowClient
+
+    if store.is_sqlite:
+        store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    try:
+        MlflowClient(tracking_uri=store.uri, registry_uri=store.uri).search_experiments(
+            max_results=1
+        )
+    except Exception as e:
+        raise VlalignError(f"tracking.uri: cannot open MLflow store {store.uri}: {e}") from None
+
+
+def experiment_id(store: Store, name: str) -> str:
+    """Id of experiment `name`, created (with the store's artifact root) when missing."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise VlalignError(
+                f"tracking.experiment: {name!r} is deleted in {store.uri}; restore it or pick "
+                "another name"
+            )
+        return exp.experiment_id
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+    location = f"{store.artifact_root}/{folder}" if store.artifact_root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def client_for(store: Store):
+    """An MlflowClient bound to the store (tracking and registry)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
