@@ -1,0 +1,45 @@
+"""Logging a scorecard to an MLflow run (evaluation and the tracking area both call this).
+
+Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart and the
+HTML page; metrics `eval/<name>/<metric>` for every scorecard metric, and
+`eval/<name>/refusal_rate/<category>` per category. Uses the current MLflow tracking URI.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from vlalign.evaluation.scorecard import JSON_NAME, Scorecard, write_chart, write_html
+
+_SAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def _metric_name(*parts: str) -> str:
+    return "/".join(_SAFE.sub("_", p) for p in parts)
+
+
+def log_scorecard(scorecard: Scorecard | dict, run_id: str, name: str) -> None:
+    """Log `scorecard` (object or its JSON dict) to MLflow run `run_id` under eval/<name>/."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    card = scorecard if isinstance(scorecard, Scorecard) else Scorecard.from_dict(scorecard)
+    client = MlflowClient()
+    prefix = f"eval/{name}"
+    client.log_dict(run_id, card.to_dict(), f"{prefix}/{JSON_NAME}")
+    with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
+        png = write_chart(card, Path(tmp) / "refusal_by_category.png")
+        page = write_html(card, png, Path(tmp) / "scorecard.html")
+        client.log_artifact(run_id, str(png), prefix)
+        client.log_artifact(run_id, str(page), prefix)
+    now = int(time.time() * 1000)
+    metrics = [Metric(_metric_name(prefix, k), float(v), now, 0) for k, v in card.metrics.items()]
+    metrics += [
+        Metric(_metric_name(prefix, "refusal_rate", cat), float(row["refusal_rate"]), now, 0)
+        for cat, row in card.per_category.items()
+    ]
+    for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])

@@ -1,0 +1,274 @@
+"""What `--model` names, and loading it: built-in, local directory, MLflow model or run.
+
+References (`resolve_model_ref`):
+- `builtin:NAME`: a built-in tiny model (tiny-llava, ...), with the recipe's model settings
+  (seed, size, cache_dir) — a base-model evaluation;
+- `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`: downloaded with
+  `mlflow.artifacts.download_artifacts` into a temporary folder, then loaded as a PATH;
+- a RUN id (32 hex digits): the model logged by that run (MLflow logged models whose
+  source_run_id is the run), else the run's artifacts;
+- a PATH: a directory holding one exported model: a PEFT adapter (adapter_config.json) or a
+  full/merged model (config.json + safetensors), at the top or in one shallowest sub-folder (a
+  downloaded MLflow model keeps it under artifacts/export/).
+
+An adapter's base model is, in this order: `vlalign_export.json`'s base_model (written by the
+tracking area beside the export), a `recipe.yaml` found with it, adapter_config.json's
+`base_model_name_or_path` when that is a local directory (a materialized built-in is recognised
+and rebuilt from its spec), then the `--recipe`'s model section.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vlalign.config.schema import BUILTIN_MODELS, ModelConfig, Recipe
+from vlalign.errors import VlalignError
+
+EXPORT_INFO = "vlalign_export.json"
+RECIPE_FILE = "recipe.yaml"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_BUILTIN_KEY = re.compile(r"^(tiny-[a-z0-9-]+?)-(nano|small)-px(\d+)-seed(\d+)-v\d+$")
+_MAX_DEPTH = 4
+
+
+@dataclass
+class ModelSpec:
+    """A resolved, picklable model reference (what each Ray worker loads).
+
+    kind: "builtin" | "full" | "adapter". path: the local model/adapter directory (None for a
+    built-in). base: the model config to build (the built-in, the full model, or an adapter's
+    base). ref: what the user wrote (shown in the scorecard).
+    """
+
+    ref: str
+    kind: str
+    base: ModelConfig
+    path: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate. has_adapter: a PEFT model (its reference = adapter disabled)."""
+
+    model: object
+    processor: object
+    family: str
+    has_adapter: bool
+
+
+def _is_full_model(d: Path) -> bool:
+    return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+
+def _is_model_dir(d: Path) -> bool:
+    return (d / "adapter_config.json").is_file() or _is_full_model(d)
+
+
+def _model_dirs(root: Path) -> list[Path]:
+    """The shallowest directories under root (itself included) holding an adapter or a full model."""
+    level = [root]
+    for _ in range(_MAX_DEPTH + 1):
+        hits = [d for d in level if _is_model_dir(d)]
+        if hits:
+            return hits
+        level = sorted(c for d in level for c in d.iterdir() if c.is_dir())
+    return []
+
+
+def _find_file(root: Path, name: str) -> Path | None:
+    hits = sorted(root.rglob(name), key=lambda p: (len(p.parts), str(p)))
+    return hits[0] if hits else None
+
+
+def _builtin_from_dir(d: Path, cache_dir: str | None) -> ModelConfig | None:
+    """A materialized built-in directory -> the config that rebuilds it."""
+    info = d / "vlalign_builtin.json"
+    spec = None
+    if info.is_file():
+        spec = json.loads(info.read_text()).get("spec")
+    else:
+        m = _BUILTIN_KEY.match(d.name)
+        if m and m.group(1) in BUILTIN_MODELS:
+            px = int(m.group(3))
+            spec = {
+                "name": m.group(1),
+                "size": m.group(2),
+                "image_size": px,
+                "seed": int(m.group(4)),
+            }
+    if not spec:
+        return None
+    return ModelConfig(
+        name=spec["name"],
+        seed=spec.get("seed", 0),
+        size=spec.get("size", "nano"),
+        image_size=spec.get("image_size"),
+        cache_dir=cache_dir,
+    )
+
+
+def _recorded_base(root: Path, adapter: Path, recipe: Recipe | None) -> ModelConfig | None:
+    cache_dir = recipe.model.cache_dir if recipe else None
+    info = _find_file(root, EXPORT_INFO)
+    if info is not None:
+        base = json.loads(info.read_text()).get("base_model")
+        if base:
+            cfg = ModelConfig.model_validate(base)
+            return cfg.model_copy(update={"cache_dir": cache_dir}) if cache_dir else cfg
+    rfile = _find_file(root, RECIPE_FILE)
+    if rfile is not None:
+        try:
+            data = yaml.safe_load(rfile.read_text()) or {}
+            cfg = ModelConfig.model_validate(data.get("model") or {})
+            return cfg.model_copy(update={"cache_dir": cache_dir}) if cache_dir else cfg
+        except Exception:  # not a resolved recipe: fall through to the other sources
+            pass
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if base:
+        if base in BUILTIN_MODELS:
+            return ModelConfig(name=base, cache_dir=cache_dir)
+        bdir = Path(base)
+        builtin = _builtin_from_dir(bdir, cache_dir)
+        if builtin is not None:
+            if cache_dir is None and (bdir / "vlalign_builtin.json").is_file():
+                builtin = builtin.model_copy(update={"cache_dir": str(bdir.parent)})
+            return builtin
+        if bdir.is_dir() and (bdir / "config.json").is_file():
+            family = recipe.model.family if recipe else "auto"
+            return ModelConfig(name=str(bdir), family=family)
+    return recipe.model if recipe else None
+
+
+def spec_from_path(ref: str, path: Path, recipe: Recipe | None) -> ModelSpec:
+    """A local directory -> ModelSpec (adapter or full model)."""
+    dirs = _model_dirs(path)
+    if not dirs:
+        raise VlalignError(
+            f"--model {ref}: {path} holds no model (no adapter_config.json, no config.json with "
+            "*.safetensors, up to 4 folders deep)"
+        )
+    if len(dirs) > 1:
+        listing = ", ".join(str(d.relative_to(path)) for d in dirs)
+        raise VlalignError(f"--model {ref}: several models under {path} ({listing}); name one")
+    d = dirs[0]
+    if (d / "adapter_config.json").is_file():
+        base = _recorded_base(path, d, recipe)
+        if base is None:
+            raise VlalignError(
+                f"--model {ref}: adapter {d} records no usable base model; pass --recipe whose "
+                "model section names the base"
+            )
+        return ModelSpec(ref=ref, kind="adapter", base=base, path=str(d))
+    family = recipe.model.family if recipe else "auto"
+    dtype = recipe.model.dtype if recipe else "float32"
+    info = _find_file(path, EXPORT_INFO)
+    if info is not None and family == "auto":
+        family = json.loads(info.read_text()).get("family", "auto")
+    return ModelSpec(
+        ref=ref, kind="full", base=ModelConfig(name=str(d), family=family, dtype=dtype), path=str(d)
+    )
+
+
+def _download(ref: str, tracking_uri: str | None, dst: Path) -> Path:
+    import mlflow
+
+    try:
+        if ref.startswith(("models:/", "runs:/")):
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=ref, dst_path=str(dst), tracking_uri=tracking_uri
+                )
+            )
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        run = client.get_run(ref)
+        models = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{ref}'",
+            output_format="list",
+        )
+        if models:
+            uri = f"models:/{models[0].model_id}"
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri
+                )
+            )
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=ref, artifact_path="", dst_path=str(dst), tracking_uri=tracking_uri
+            )
+        )
+    except mlflow.exceptions.MlflowException as e:
+        raise VlalignError(f"--model {ref}: not found in MLflow ({tracking_uri}): {e}") from None
+
+
+def resolve_model_ref(
+    ref: str,
+    recipe: Recipe | None = None,
+    tracking_uri: str | None = None,
+    download_dir: str | Path | None = None,
+) -> ModelSpec:
+    """Turn `--model` into a ModelSpec (downloading MLflow models into download_dir or a temp dir)."""
+    if not ref:
+        raise VlalignError(
+            "--model is required (PATH, models:/NAME@ALIAS, runs:/..., RUN id, builtin:NAME)"
+        )
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            raise VlalignError(
+                f"--model {ref}: no built-in {name!r} (choose from {list(BUILTIN_MODELS)})"
+            )
+        base = recipe.model if recipe else ModelConfig()
+        return ModelSpec(
+            ref=ref, kind="builtin", base=base.model_copy(update={"name": name, "family": "auto"})
+        )
+    path = Path(ref)
+    if path.exists():
+        if not path.is_dir():
+            raise VlalignError(f"--model {ref}: a model is a directory, this is a file")
+        return spec_from_path(ref, path.resolve(), recipe)
+    if ref.startswith(("models:/", "runs:/")) or _RUN_ID.match(ref):
+        dst = (
+            Path(download_dir)
+            if download_dir
+            else Path(tempfile.mkdtemp(prefix="vlalign-eval-model-"))
+        )
+        dst.mkdir(parents=True, exist_ok=True)
+        local = _download(ref, tracking_uri, dst)
+        return spec_from_path(ref, local, recipe)
+    raise VlalignError(
+        f"--model {ref}: no such directory, and not models:/NAME@ALIAS, runs:/RUN_ID/PATH, "
+        "a run id or builtin:NAME"
+    )
+
+
+def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+    """Build the model a spec names, in eval mode on `device`."""
+    from vlalign.models import build
+    from vlalign.models.processors import load_processor
+
+    built = build(spec.base)
+    model, processor = built.model, built.processor
+    if spec.kind == "adapter":
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, spec.path)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise VlalignError(
+                f"--model {spec.ref}: cannot attach adapter {spec.path}: {e}"
+            ) from None
+        if any(Path(spec.path).glob("tokenizer*")):
+            processor = load_processor(spec.path, built.family, spec.base.trust_remote_code)
+    model.to(device)
+    model.eval()
+    return LoadedModel(
+        model=model, processor=processor, family=built.family, has_adapter=spec.kind == "adapter"
+    )

@@ -1,0 +1,232 @@
+"""`evaluate()`: model reference + eval shards -> scorecard (JSON, PNG, HTML), logged to MLflow.
+
+Steps: check the data (exists, eval records, not empty) and resolve the model reference; answer
+every prompt (one process, or split across Ray workers); detect refusals and check validity on
+the merged answers; compute metrics; write the outputs; log them to an MLflow run when given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from vlalign.config.schema import Recipe
+from vlalign.errors import DataError, VlalignError
+from vlalign.evaluation.generation import GenerationSettings
+from vlalign.evaluation.metrics import EvalRow, compute_metrics
+from vlalign.evaluation.model_ref import ModelSpec, resolve_model_ref
+from vlalign.evaluation.refusal import RefusalDetector, make_detector
+from vlalign.evaluation.scorecard import Scorecard, write_outputs
+from vlalign.evaluation.validity import text_validity
+from vlalign.evaluation.worker import EvalJob, evaluate_slice, iter_eval_samples
+
+N_SAMPLES = 8  # rows kept in the scorecard's "samples"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location or location.startswith("pipe:")
+
+
+def data_digest(location: str) -> str | None:
+    """The shard set's identity: sha256 of its manifest.json (None when it has none locally)."""
+    if _is_url(location):
+        return None
+    manifest = Path(location) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def check_data(location: str, split: str | None, max_samples: int | None) -> None:
+    """VlalignError for a missing location, wrong kind of records or an empty eval set."""
+    if not _is_url(location) and not Path(location).exists():
+        raise VlalignError(f"--data {location}: no such directory")
+    try:
+        first = next(iter_eval_samples(location, split, max_samples), None)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"--data {location}: cannot read eval shards: {e}") from None
+    if first is None:
+        raise DataError(f"--data {location}: the eval set (split {split!r}) is empty")
+
+
+def score_rows(raw: list[dict], detector: RefusalDetector) -> list[EvalRow]:
+    refused = detector.is_refusal([r["answer"] for r in raw])
+    rows = []
+    for r, ref in zip(raw, refused, strict=True):
+        v = text_validity(r["answer"])
+        pr = r.get("pair_rewards")
+        rows.append(
+            EvalRow(
+                index=r["index"],
+                key=r["key"],
+                prompt=r["prompt"],
+                label=r["label"],
+                category=r["category"],
+                answer=r["answer"],
+                n_tokens=r["n_tokens"],
+                refused=bool(ref),
+                valid=v.valid,
+                invalid_reason=v.reason,
+                pair_rewards=tuple(pr) if pr is not None else None,
+                meta=r.get("meta") or {},
+            )
+        )
+    return rows
+
+
+def _progress_bar(enabled: bool, total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, leave=False)
+
+
+def evaluate(
+    model_ref: str,
+    data: str | None = None,
+    recipe: Recipe | None = None,
+    out_dir: str | Path = "eval",
+    num_workers: int | None = None,
+    tracking: str | None = None,
+    *,
+    name: str = "safety",
+    max_samples: int | None = None,
+    batch_size: int | None = None,
+    detector: RefusalDetector | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = False,
+) -> Scorecard:
+    """Evaluate `model_ref` on the eval shards `data`; write outputs to `out_dir`; return the card.
+
+    recipe: decoding (eval.*), max_length (data.max_length), the model section for built-ins and
+    adapters without a recorded base; default Recipe(). num_workers: Ray workers (default
+    recipe.eval.num_workers; 1 runs in this process). tracking: an MLflow run id to log the
+    scorecard to (under eval/<name>/). tracking_uri: default recipe.tracking.uri or the local
+    store sqlite:///mlruns/mlflow.db.
+    """
+    recipe = recipe or Recipe()
+    ev = recipe.eval
+    data = data or ev.data or recipe.data.eval
+    if not data:
+        raise VlalignError("no eval data: pass --data EVAL_SHARDS (or set eval.data in the recipe)")
+    if not _is_url(data):
+        data = str(Path(data).resolve())
+    split = recipe.data.eval_split
+    max_samples = max_samples or ev.max_samples
+    num_workers = num_workers or ev.num_workers
+    if num_workers < 1:
+        raise VlalignError(f"--workers must be >= 1, got {num_workers}")
+    uri = tracking_uri or recipe.tracking.uri or DEFAULT_TRACKING_URI
+    out_dir = Path(out_dir)
+
+    check_data(data, split, max_samples)
+    spec = resolve_model_ref(model_ref, recipe, uri, download_dir=out_dir / ".model")
+    _materialize_base(spec)
+    settings = GenerationSettings.from_eval_config(ev, batch_size)
+    job = EvalJob(
+        spec=spec,
+        data=data,
+        split=split,
+        settings=settings,
+        max_length=recipe.data.max_length,
+        max_samples=max_samples,
+        logprob_chunk=recipe.method.logprob_chunk,
+    )
+    detector = detector or make_detector(
+        ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir
+    )
+
+    if num_workers == 1:
+        with _progress_bar(progress, max_samples, "eval") as bar:
+            parts = [evaluate_slice(job, 0, 1, progress=bar.update)]
+    else:
+        from vlalign.evaluation.distributed import run_sharded
+
+        with _progress_bar(progress, num_workers, "eval workers") as bar:
+            parts = run_sharded(
+                evaluate_slice,
+                job,
+                num_workers,
+                address=recipe.resources.address,
+                gpus_per_worker=recipe.resources.gpus_per_worker,
+                on_done=lambda done, total: bar.update(1),
+            )
+    from vlalign.evaluation.distributed import merge_rows
+
+    raw, pair_kind, skipped_pairs = merge_rows(parts)
+    if not raw:
+        raise DataError(f"--data {data}: the eval set (split {split!r}) is empty")
+    rows = score_rows(raw, detector)
+    result = compute_metrics(rows, pair_kind)
+    if skipped_pairs:
+        result.counts["pairs_skipped_no_reference"] = skipped_pairs
+    card = Scorecard(
+        name=name,
+        model=model_ref,
+        data=data,
+        data_digest=data_digest(data),
+        metrics=result.metrics,
+        per_category=result.per_category,
+        counts=result.counts,
+        samples=[
+            {
+                "key": r.key,
+                "label": r.label,
+                "category": r.category,
+                "prompt": r.prompt,
+                "answer": r.answer,
+                "refused": r.refused,
+                "valid": r.valid,
+            }
+            for r in rows[:N_SAMPLES]
+        ],
+        settings={
+            "split": split,
+            "max_samples": max_samples,
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+            "temperature": settings.temperature if settings.do_sample else None,
+            "top_p": settings.top_p if settings.do_sample else None,
+            "refusal_detector": getattr(detector, "name", type(detector).__name__),
+            "pair_metric": pair_kind,
+            "model_kind": spec.kind,
+        },
+    )
+    write_outputs(card, out_dir)
+    (out_dir / "rows.jsonl").write_text(
+        "".join(json.dumps(_row_json(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    if tracking:
+        import mlflow
+
+        from vlalign.evaluation.mlflow_log import log_scorecard
+
+        mlflow.set_tracking_uri(uri)
+        log_scorecard(card, tracking, name)
+    return card
+
+
+def _row_json(r: EvalRow) -> dict:
+    return {
+        "index": r.index,
+        "key": r.key,
+        "label": r.label,
+        "category": r.category,
+        "prompt": r.prompt,
+        "answer": r.answer,
+        "n_tokens": r.n_tokens,
+        "refused": r.refused,
+        "valid": r.valid,
+        "invalid_reason": r.invalid_reason,
+        "pair_rewards": list(r.pair_rewards) if r.pair_rewards else None,
+    }
+
+
+def _materialize_base(spec: ModelSpec) -> None:
+    """Write a built-in base model to its cache once, before workers would race to build it."""
+    from vlalign.models.builder import resolve_source
+
+    resolve_source(spec.base)

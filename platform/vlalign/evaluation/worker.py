@@ -1,0 +1,140 @@
+"""One evaluation worker: load the model, answer its slice of the eval set, score pairs.
+
+A worker with number `worker` of `num_workers` takes the samples whose index i (position in the
+shard set's reading order) has i % num_workers == worker. It returns plain-dict rows (no images)
+carrying their index, so the driver can merge any number of workers back into index order.
+Refusal detection and metrics happen once, in the driver, on the merged rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from vlalign.errors import DataError
+from vlalign.evaluation.generation import GenerationSettings, generate
+from vlalign.evaluation.metrics import LABELS
+from vlalign.evaluation.model_ref import ModelSpec, load_model
+from vlalign.evaluation.pairs import has_pair, policy_implicit_rewards
+
+
+@dataclass
+class EvalJob:
+    """Everything a worker needs (picklable): model, data, decoding and length limits."""
+
+    spec: ModelSpec
+    data: str
+    split: str | None
+    settings: GenerationSettings
+    max_length: int = 512
+    max_samples: int | None = None
+    logprob_chunk: int = 1024
+    device: str | None = None
+
+
+def check_eval_sample(sample: dict, data: str) -> None:
+    """DataError unless the sample is an eval record (label harmful|benign, category, prompt)."""
+    where = f"{data}: sample {sample.get('key', '?')} in shard {sample.get('shard', '?')}"
+    if "label" not in sample:
+        kind = (
+            "preference"
+            if "chosen" in sample
+            else "sft"
+            if "response" in sample
+            else "unknown-kind"
+        )
+        raise DataError(
+            f"{where} is a {kind} record, not an eval record (no 'label'): "
+            "evaluation needs eval shards (kind 'eval', e.g. the 'eval' split of `vlalign data synth`)"
+        )
+    if sample["label"] not in LABELS:
+        raise DataError(f"{where}: label {sample['label']!r} is not one of {list(LABELS)}")
+    if not isinstance(sample.get("prompt"), str) or not sample["prompt"].strip():
+        raise DataError(f"{where}: empty or missing prompt")
+
+
+def iter_eval_samples(
+    data: str, split: str | None, max_samples: int | None = None
+) -> Iterator[tuple[int, dict]]:
+    """(index, sample) over the eval set in reading order, each checked, at most max_samples."""
+    from data_pipeline.reader import iter_samples
+
+    for i, sample in enumerate(iter_samples(data, split=split)):
+        if max_samples is not None and i >= max_samples:
+            return
+        check_eval_sample(sample, data)
+        yield i, sample
+
+
+def _device(job: EvalJob) -> str:
+    if job.device:
+        return job.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_slice(
+    job: EvalJob,
+    worker: int = 0,
+    num_workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Answer (and pair-score) this worker's slice. Returns {"rows": [...], "pair_kind": str|None}.
+
+    A row: {"index", "key", "prompt", "label", "category", "answer", "n_tokens",
+    "pair_rewards": [chosen, rejected] | None, "meta"}.
+    """
+    import torch
+
+    from vlalign.models.inputs import ChatEncoder
+
+    torch.manual_seed(job.settings.seed)
+    loaded = load_model(job.spec, _device(job))
+    encoder = ChatEncoder(loaded.processor, loaded.family, job.max_length)
+    pair_kind = "implicit" if loaded.has_adapter else None
+    rows: list[dict] = []
+    skipped_pairs = 0
+    batch: list[tuple[int, dict]] = []
+
+    def flush() -> None:
+        nonlocal skipped_pairs
+        if not batch:
+            return
+        samples = [s for _, s in batch]
+        answers = generate(loaded.model, encoder, samples, job.settings)
+        paired = [s for s in samples if has_pair(s)]
+        rewards = iter(
+            policy_implicit_rewards(loaded.model, encoder, paired, job.logprob_chunk)
+            if paired and pair_kind == "implicit"
+            else []
+        )
+        if paired and pair_kind is None:
+            skipped_pairs += len(paired)
+        for (i, s), g in zip(batch, answers, strict=True):
+            pr = next(rewards) if has_pair(s) and pair_kind else None
+            rows.append(
+                {
+                    "index": i,
+                    "key": str(s.get("key", i)),
+                    "prompt": s["prompt"],
+                    "label": s["label"],
+                    "category": str(s.get("category") or "uncategorized"),
+                    "answer": g.text,
+                    "n_tokens": g.n_tokens,
+                    "pair_rewards": list(pr) if pr is not None else None,
+                    "meta": {k: v for k, v in (s.get("meta") or {}).items() if k in ("source",)},
+                }
+            )
+        if progress is not None:
+            progress(len(batch))
+        batch.clear()
+
+    for i, sample in iter_eval_samples(job.data, job.split, job.max_samples):
+        if i % num_workers != worker:
+            continue
+        batch.append((i, sample))
+        if len(batch) >= job.settings.batch_size:
+            flush()
+    flush()
+    return {"rows": rows, "pair_kind": pair_kind, "skipped_pairs": skipped_pairs}
