@@ -1,0 +1,124 @@
+"""Collation of examples (from `data_pipeline.transforms`) into SFT and preference batches.
+
+Padding is on the right. B = examples, T = longest sequence in the batch.
+
+`collate_sft(examples, pad_id)`:
+    input_ids [B, T] (pad_id), attention_mask [B, T] (1 on tokens), labels [B, T] (-100 on
+    prompt, image and pad), mm_token_type_ids [B, T] when the examples carry it (Qwen2-VL: 1 on
+    image tokens), image tensors (below), prompt_lens [B], keys list[str], n_examples,
+    n_truncated (response tokens cut), n_image_tokens (image tokens in the batch's sequences),
+    n_tokens (non-pad tokens).
+
+`collate_pairs(examples, pad_id)`:
+    chosen_input_ids / chosen_attention_mask / chosen_labels [B, Tc], rejected_* [B, Tr],
+    chosen_mm_token_type_ids / rejected_mm_token_type_ids when present, the image tensors ONCE
+    per pair (same layout as SFT with B pairs: chosen and rejected of pair i share image i, so
+    the vision tower can run once per pair), prompt_lens [B], keys, n_examples, n_truncated,
+    n_image_tokens and n_tokens over chosen + rejected.
+
+Image tensors, batched the way each family's model takes them:
+    LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample)
+    Qwen2-VL  pixel_values [sum patches, D] + image_grid_thw [sum images, 3] (= [B, 3])
+    Idefics3  pixel_values [B, N, 3, H, W] + pixel_attention_mask [B, N, H, W] (N = the most
+              sub-images of any sample; missing ones are zero images with a zero mask)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlalign.errors import DataError
+from vlalign.models.inputs import IGNORE_INDEX
+
+
+def pad_right(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
+    """[B, T] from B 1-d tensors, right-padded with `value`."""
+    t = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), t), value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out
+
+
+def _stack_padded(parts: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """Idefics3-style [1, N_i, ...] parts -> [B, max N, ...] with zeros for missing sub-images."""
+    n = max((p.shape[1] for p in parts if p is not None), default=0)
+    out = torch.zeros((len(parts), n, *like.shape[2:]), dtype=like.dtype)
+    for i, p in enumerate(parts):
+        if p is not None:
+            out[i, : p.shape[1]] = p[0]
+    return out
+
+
+def collate_images(image_inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Batch per-sample image tensors (see the module docstring for each family's layout)."""
+    keys: list[str] = []
+    for d in image_inputs:
+        for k in d:
+            if k not in keys:
+                keys.append(k)
+    if not keys:
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    pv = next(d["pixel_values"] for d in image_inputs if "pixel_values" in d)
+    if pv.dim() == 5:  # Idefics3: one row per sample
+        for k in keys:
+            like = next(d[k] for d in image_inputs if k in d)
+            out[k] = _stack_padded([d.get(k) for d in image_inputs], like)
+        return out
+    for k in keys:
+        parts = [d[k] for d in image_inputs if k in d]
+        try:
+            out[k] = torch.cat(parts, dim=0)
+        except RuntimeError as e:
+            raise DataError(f"cannot batch image tensor {k!r}: {e}") from None
+    return out
+
+
+def _sequences(examples: list[dict], prefix: str, pad_id: int) -> dict[str, torch.Tensor]:
+    ids = [ex[f"{prefix}input_ids"] for ex in examples]
+    out = {
+        f"{prefix}input_ids": pad_right(ids, pad_id),
+        f"{prefix}attention_mask": pad_right([torch.ones_like(s) for s in ids], 0),
+        f"{prefix}labels": pad_right([ex[f"{prefix}labels"] for ex in examples], IGNORE_INDEX),
+    }
+    mm = f"{prefix}mm_token_type_ids"
+    if mm in examples[0]:
+        out[mm] = pad_right([ex[mm] for ex in examples], 0)
+    return out
+
+
+def _counters(examples: list[dict], masks: list[torch.Tensor], n_seqs: int) -> dict:
+    return {
+        "keys": [ex.get("key", "") for ex in examples],
+        "prompt_lens": torch.tensor([ex["prompt_len"] for ex in examples], dtype=torch.long),
+        "n_examples": len(examples),
+        "n_truncated": int(sum(ex.get("truncated", 0) for ex in examples)),
+        "n_image_tokens": int(sum(ex.get("n_image_tokens", 0) for ex in examples)) * n_seqs,
+        "n_tokens": int(sum(int(m.sum()) for m in masks)),
+    }
+
+
+def collate_sft(examples: list[dict], pad_id: int) -> dict:
+    """SFT batch (shapes in the module docstring)."""
+    if not examples:
+        raise DataError("cannot collate an empty batch")
+    out = _sequences(examples, "", pad_id)
+    out.update(collate_images([ex["image_inputs"] for ex in examples]))
+    out.update(_counters(examples, [out["attention_mask"]], 1))
+    return out
+
+
+def collate_pairs(examples: list[dict], pad_id: int) -> dict:
+    """Preference batch: chosen_* and rejected_*, image tensors once per pair."""
+    if not examples:
+        raise DataError("cannot collate an empty batch")
+    out = _sequences(examples, "chosen_", pad_id)
+    out.update(_sequences(examples, "rejected_", pad_id))
+    out.update(collate_images([ex["image_inputs"] for ex in examples]))
+    masks = [out["chosen_attention_mask"], out["rejected_attention_mask"]]
+    out.update(_counters(examples, masks, 2))
+    return out
+
+
+COLLATE = {"sft": collate_sft, "preference": collate_pairs}

@@ -1,0 +1,289 @@
+"""Decoded sample -> model example: chat template -> processor -> label masks -> truncation.
+
+The encoding is `vlalign.models.inputs.ChatEncoder`'s: labels are -100 on the prompt and every
+image token, and truncation cuts the response tail (counted in `truncated`), never image
+tokens. Examples (what `data_pipeline.collate` batches):
+
+    sft:        {"key", "input_ids" [T], "labels" [T], "image_inputs" {name: tensor},
+                 "prompt_len", "truncated", "n_image_tokens", ["mm_token_type_ids" [T]]}
+    preference: {"key", "chosen_input_ids" [Tc], "chosen_labels" [Tc], "rejected_input_ids" [Tr],
+                 "rejected_labels" [Tr], "image_inputs", "prompt_len", "truncated",
+                 "n_image_tokens", ["chosen_mm_token_type_ids" [Tc], "rejected_mm_token_type_ids"]}
+
+`image_inputs` holds one sample's image tensors as the processor makes them (LLaVA
+pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] + image_grid_thw [n_img, 3];
+Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask [1, N, H, W]).
+`mm_token_type_ids` (1 on image tokens) is added when the family's processor produces it.
+
+Training kind "sft" reads SFT records (response) and preference / eval records (chosen as the
+response); kind "preference" reads preference records and eval records that carry a pair.
+
+`make_transform` maps one sample; `make_batch_transform` maps a list with one processor call
+(several times faster per sample; a test checks it gives exactly the per-sample result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from data_pipeline.skips import OnError, SkipCounter, check_policy, handle
+from vlalign.errors import DataError
+from vlalign.models.inputs import TEXT_KEYS, ChatEncoder, EncodedPrompt
+
+TRAIN_KINDS = ("sft", "preference")
+_NESTED_IMAGES = ("idefics3", "smolvlm")  # processor wants images as one list per sample
+
+
+def _where(sample: dict) -> str:
+    return f"shard {sample.get('shard', '?')} key {sample.get('key', '?')!r}"
+
+
+def texts_of(sample: dict, kind: str) -> tuple[str, ...]:
+    """(response,) for sft or (chosen, rejected) for preference, from any record kind."""
+    if kind == "sft":
+        if sample.get("messages") and len(sample["messages"]) > 1:
+            raise DataError(
+                f"{_where(sample)}: multi-turn messages are not supported by the chat encoder "
+                "(one user turn per sample)"
+            )
+        text = sample.get("response")
+        if text is None:
+            text = sample.get("chosen")
+        if text is None:
+            raise DataError(f"{_where(sample)}: no response or chosen text for SFT")
+        return (text,)
+    if kind == "preference":
+        if sample.get("chosen") is None or sample.get("rejected") is None:
+            raise DataError(f"{_where(sample)}: a preference example needs chosen and rejected")
+        return (sample["chosen"], sample["rejected"])
+    raise DataError(f"training kind must be one of {TRAIN_KINDS}, got {kind!r}")
+
+
+def produces_mm_token_types(encoder: ChatEncoder) -> bool:
+    """Does the family's processor return mm_token_type_ids (Qwen2-VL does)?"""
+    cached = getattr(encoder, "_vlalign_mm_types", None)
+    if cached is None:
+        out = encoder.processor(text=[encoder.prompt_text("x", 0)], return_tensors="pt")
+        cached = "mm_token_type_ids" in out
+        encoder._vlalign_mm_types = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _finish(encoder: ChatEncoder, ex: dict, key: str, kind: str, prompt_ids: torch.Tensor) -> dict:
+    ex["key"] = key
+    ex["n_image_tokens"] = int((prompt_ids == encoder.image_token_id).sum())
+    if produces_mm_token_types(encoder):
+        for pre in ("",) if kind == "sft" else ("chosen_", "rejected_"):
+            ids = ex[f"{pre}input_ids"]
+            ex[f"{pre}mm_token_type_ids"] = (ids == encoder.image_token_id).long()
+    return ex
+
+
+def encode_one(encoder: ChatEncoder, sample: dict, kind: str) -> dict:
+    """One example through ChatEncoder.sft_example / pair_example (DataError names the key)."""
+    texts = texts_of(sample, kind)
+    try:
+        if kind == "sft":
+            ex = encoder.sft_example(sample["images"], sample["prompt"], texts[0])
+        else:
+            ex = encoder.pair_example(sample["images"], sample["prompt"], texts[0], texts[1])
+    except DataError as e:
+        raise DataError(f"{_where(sample)}: {e}") from None
+    except Exception as e:  # processor errors (image/token mismatches, bad sizes)
+        raise DataError(f"{_where(sample)}: cannot encode ({e.__class__.__name__}: {e})") from None
+    ids = ex["input_ids"] if kind == "sft" else ex["chosen_input_ids"]
+    return _finish(encoder, ex, sample["key"], kind, ids[: ex["prompt_len"]])
+
+
+def make_transform(
+    encoder: ChatEncoder,
+    kind: str,
+    *,
+    on_error: OnError = "raise",
+    skips: SkipCounter | None = None,
+) -> Callable[[dict], dict | None]:
+    """sample -> example, or None for a bad sample skipped under `on_error="skip"` (counted)."""
+    check_policy(on_error)
+    if kind not in TRAIN_KINDS:
+        raise DataError(f"training kind must be one of {TRAIN_KINDS}, got {kind!r}")
+
+    def transform(sample: dict) -> dict | None:
+        try:
+            return encode_one(encoder, sample, kind)
+        except DataError as e:
+            handle(e, on_error, skips)
+            return None
+
+    return transform
+
+
+def _split_images(
+    family: str, enc: dict, n_images: list[int]
+) -> list[dict[str, torch.Tensor]] | None:
+    """Per-sample image tensors out of one batched processor output (None: unknown layout)."""
+    img = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
+    if not img:
+        return [{} for _ in n_images]
+    pv = img.get("pixel_values")
+    if pv is None:
+        return None
+    out: list[dict[str, torch.Tensor]] = []
+    if pv.dim() == 5:  # Idefics3: [B, N, 3, H, W] padded to the batch's max N sub-images
+        mask = img.get("pixel_attention_mask")
+        for i in range(len(n_images)):
+            if mask is not None:
+                real = mask[i].flatten(1).any(1)
+            else:
+                real = pv[i].flatten(1).any(1)
+            n = int(real.sum())
+            if not bool(real[:n].all()):
+                return None
+            d = {"pixel_values": pv[i : i + 1, :n]}
+            if mask is not None:
+                d["pixel_attention_mask"] = mask[i : i + 1, :n]
+            extra = set(img) - {"pixel_values", "pixel_attention_mask"}
+            if extra:
+                return None
+            out.append(d)
+        return out
+    if set(img) - {"pixel_values", "image_grid_thw", "image_sizes"}:
+        return None
+    grid = img.get("image_grid_thw")
+    if grid is not None:  # Qwen2-VL: patches of all images in order, [sum patches, D]
+        per_image = grid.prod(-1).tolist()
+        rows = [0]
+        for n in per_image:
+            rows.append(rows[-1] + int(n))
+        if rows[-1] != pv.shape[0]:
+            return None
+    else:  # LLaVA: [sum images, 3, H, W]
+        rows = list(range(pv.shape[0] + 1))
+        if pv.shape[0] != sum(n_images):
+            return None
+    start = 0
+    for n in n_images:
+        d: dict[str, torch.Tensor] = {}
+        for k, v in img.items():
+            if k == "pixel_values":
+                d[k] = v[rows[start] : rows[start + n]]
+            else:
+                d[k] = v[start : start + n]
+        out.append(d)
+        start += n
+    return out
+
+
+def encode_batch(
+    encoder: ChatEncoder, samples: list[dict], kind: str
+) -> list[dict | DataError]:
+    """Encode many samples with one processor call; per-sample DataError for bad ones.
+
+    Gives exactly `encode_one` per sample; falls back to it when the batch cannot be split.
+    """
+    if not samples:
+        return []
+    results: list[dict | DataError | None] = [None] * len(samples)
+    texts: dict[int, tuple[str, ...]] = {}
+    for i, s in enumerate(samples):
+        try:
+            texts[i] = texts_of(s, kind)
+        except DataError as e:
+            results[i] = e
+    todo = [i for i in texts if samples[i]["images"]]
+    for i in texts:  # text-only samples go one by one
+        if not samples[i]["images"]:
+            results[i] = _safe_one(encoder, samples[i], kind)
+    if todo:
+        _encode_images_batch(encoder, samples, kind, todo, texts, results)
+    return [r for r in results if r is not None]  # type: ignore[misc]
+
+
+def _safe_one(encoder: ChatEncoder, sample: dict, kind: str) -> dict | DataError:
+    try:
+        return encode_one(encoder, sample, kind)
+    except DataError as e:
+        return e
+
+
+def _encode_images_batch(
+    encoder: ChatEncoder,
+    samples: list[dict],
+    kind: str,
+    todo: list[int],
+    texts: dict[int, tuple[str, ...]],
+    results: list,
+) -> None:
+    proc = encoder.processor
+    prompts = [encoder.prompt_text(samples[i]["prompt"], len(samples[i]["images"])) for i in todo]
+    if encoder.family in _NESTED_IMAGES:
+        images: list = [samples[i]["images"] for i in todo]
+    else:
+        images = [im for i in todo for im in samples[i]["images"]]
+    try:
+        enc = proc(text=prompts, images=images, return_tensors="pt", padding=True)
+        split = _split_images(encoder.family, enc, [len(samples[i]["images"]) for i in todo])
+    except Exception:
+        split = None
+    if split is None:  # unknown layout or a bad sample in the batch: isolate it
+        for i in todo:
+            results[i] = _safe_one(encoder, samples[i], kind)
+        return
+    resp_texts = [encoder.response_prefix + t + encoder.end_of_turn for i in todo for t in texts[i]]
+    resp_ids = encoder.tokenizer(resp_texts, add_special_tokens=False)["input_ids"]
+    r = 0
+    for row, i in enumerate(todo):
+        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        if len(ids) > encoder.max_length:
+            results[i] = DataError(
+                f"{_where(samples[i])}: prompt is {len(ids)} tokens (with image tokens) > "
+                f"data.max_length {encoder.max_length}: raise max_length; image tokens are "
+                "never truncated"
+            )
+            r += len(texts[i])
+            continue
+        prompt = EncodedPrompt(input_ids=ids, image_inputs=split[row])
+        seqs = []
+        for _ in texts[i]:
+            seqs.append(encoder.join(prompt, torch.tensor(resp_ids[r], dtype=torch.long)))
+            r += 1
+        if kind == "sft":
+            (seq, cut), = seqs
+            ex = {**seq, "image_inputs": prompt.image_inputs, "prompt_len": len(ids), "truncated": cut}
+        else:
+            (c, cut_c), (rj, cut_r) = seqs
+            ex = {
+                "chosen_input_ids": c["input_ids"],
+                "chosen_labels": c["labels"],
+                "rejected_input_ids": rj["input_ids"],
+                "rejected_labels": rj["labels"],
+                "image_inputs": prompt.image_inputs,
+                "prompt_len": len(ids),
+                "truncated": cut_c + cut_r,
+            }
+        results[i] = _finish(encoder, ex, samples[i]["key"], kind, ids)
+
+
+def make_batch_transform(
+    encoder: ChatEncoder,
+    kind: str,
+    *,
+    on_error: OnError = "raise",
+    skips: SkipCounter | None = None,
+) -> Callable[[list[dict]], list[dict]]:
+    """samples -> examples (bad ones raise, or are dropped and counted under "skip")."""
+    check_policy(on_error)
+    if kind not in TRAIN_KINDS:
+        raise DataError(f"training kind must be one of {TRAIN_KINDS}, got {kind!r}")
+
+    def transform(samples: list[dict]) -> list[dict]:
+        out = []
+        for r in encode_batch(encoder, samples, kind):
+            if isinstance(r, DataError):
+                handle(r, on_error, skips)
+            else:
+                out.append(r)
+        return out
+
+    return transform

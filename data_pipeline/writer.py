@@ -1,0 +1,250 @@
+"""Writing shard sets: webdataset tar shards bounded by samples and bytes, then the manifest.
+
+    with ShardSetWriter(out_dir, source="vlguard") as w:
+        w.write("train", "sft", record, [jpeg_bytes], key="000123")
+    # manifest.json is written when the block exits without an exception
+
+Atomicity: a shard is written under a hidden temp name (`.train-000000.tar.tmp-PID`), fsynced
+and renamed only when complete; the manifest is written last, atomically. Replacing a split
+first rewrites the manifest without it, so at every instant the manifest lists only complete
+shards that exist. An interrupted write leaves no manifest entry for anything it wrote (hidden
+temp files may remain; they are never read).
+
+Images are stored as given (their original encoding); the extension is sniffed from the
+bytes. Tar members carry a fixed mtime so the same data gives the same bytes and digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from PIL import Image
+
+from data_pipeline.manifest import (
+    MANIFEST,
+    Manifest,
+    ShardInfo,
+    fsync_dir,
+    load_manifest,
+    make_split,
+    remove_manifest,
+    write_manifest,
+)
+from data_pipeline.schemas import _Record, check_key
+from vlalign.errors import DataError
+
+DEFAULT_MAX_SAMPLES = 1000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+FIXED_MTIME = 946684800.0  # 2000-01-01: reproducible tar bytes
+_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def image_extension(data: bytes) -> str:
+    """File extension of encoded image bytes, from the header (DataError if not an image)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+    except Exception as e:
+        raise DataError(f"not a readable image ({e.__class__.__name__}: {e})") from None
+    if fmt not in _EXT:
+        raise DataError(f"unsupported image format {fmt!r} (supported: {', '.join(_EXT)})")
+    return _EXT[fmt]
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _SplitWriter:
+    """Writes one split's shards; rolls to a new shard at `max_samples` or `max_bytes`."""
+
+    def __init__(
+        self, directory: Path, name: str, kind: str, max_samples: int, max_bytes: int
+    ) -> None:
+        self.directory = directory
+        self.name = name
+        self.kind = kind
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.shards: list[ShardInfo] = []
+        self.keys: set[str] = set()
+        self._file: Any = None
+        self._tar: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        final = f"{self.name}-{len(self.shards):06d}.tar"
+        self._tmp = self.directory / f".{final}.tmp-{os.getpid()}"
+        self._file = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._file, mtime=FIXED_MTIME, encoder=False)
+        self._count = 0
+
+    def write(self, record: _Record, images: list[bytes], key: str) -> None:
+        if record.kind != self.kind:
+            raise DataError(
+                f"split {self.name!r} holds {self.kind} records, got a {record.kind} record"
+            )
+        check_key(key)
+        if key in self.keys:
+            raise DataError(f"split {self.name!r}: duplicate sample key {key!r}")
+        names = []
+        for i, data in enumerate(images):
+            try:
+                names.append(f"img{i}.{image_extension(data)}")
+            except DataError as e:
+                raise DataError(f"split {self.name!r} key {key!r} image {i}: {e}") from None
+        if names != record.images:
+            record = record.model_copy(update={"images": names})
+        sample: dict[str, Any] = {
+            "__key__": key,
+            "json": record.model_dump_json(exclude_none=True).encode("utf-8"),
+        }
+        for name, data in zip(names, images):
+            sample[name] = bytes(data)
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        self._tar.write(sample)
+        self.keys.add(key)
+        self._count += 1
+        if self._count >= self.max_samples or self._file.tell() >= self.max_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()  # writes the tar end blocks; the file object stays ours
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        assert self._tmp is not None
+        final = self.directory / f"{self.name}-{len(self.shards):06d}.tar"
+        h = hashlib.sha256()
+        with open(self._tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        size = self._tmp.stat().st_size
+        os.replace(self._tmp, final)
+        self.shards.append(
+            ShardInfo(name=final.name, samples=self._count, bytes=size, sha256=h.hexdigest())
+        )
+        self._tar = self._file = self._tmp = None
+
+    def finish(self) -> list[ShardInfo]:
+        self._close_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None and self._tmp.exists():
+            self._tmp.unlink()
+        self._tar = self._file = self._tmp = None
+
+
+class ShardSetWriter:
+    """Writes splits of a shard set into `directory`; the manifest is written on `close()`.
+
+    An existing shard set in `directory` keeps its other splits; writing a split it already
+    holds needs `overwrite=True`.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        source: str = "",
+        info: dict[str, Any] | None = None,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        overwrite: bool = False,
+    ) -> None:
+        if max_samples < 1 or max_bytes < 1:
+            raise DataError("shard bounds must be positive")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.overwrite = overwrite
+        self.manifest = (
+            load_manifest(self.directory)
+            if (self.directory / MANIFEST).is_file()
+            else Manifest(source=source)
+        )
+        if source:
+            self.manifest.source = source
+        self.manifest.info.update(info or {})
+        self._splits: dict[str, _SplitWriter] = {}
+        self.closed = False
+
+    def _split(self, name: str, kind: str) -> _SplitWriter:
+        sw = self._splits.get(name)
+        if sw is not None:
+            if sw.kind != kind:
+                raise DataError(f"split {name!r} holds {sw.kind} records, not {kind}")
+            return sw
+        check_key(name)
+        if name in self.manifest.splits:
+            if not self.overwrite:
+                raise DataError(
+                    f"{self.directory}: split {name!r} exists (use overwrite to replace it)"
+                )
+            self._drop_split(name)
+        sw = _SplitWriter(self.directory, name, kind, self.max_samples, self.max_bytes)
+        self._splits[name] = sw
+        return sw
+
+    def _drop_split(self, name: str) -> None:
+        """Unlist a split (manifest rewritten first), then delete its shards."""
+        old = self.manifest.splits.pop(name)
+        if self.manifest.splits:
+            write_manifest(self.directory, self.manifest)
+        else:
+            remove_manifest(self.directory)
+        for s in old.shards:
+            (self.directory / s.name).unlink(missing_ok=True)
+        fsync_dir(self.directory)
+
+    def write(
+        self, split: str, record: _Record, images: list[bytes], key: str
+    ) -> None:
+        """Append one sample (record + encoded images) to `split` under `key`."""
+        if self.closed:
+            raise DataError("writer is closed")
+        self._split(split, record.kind).write(record, images, key)
+
+    def close(self) -> Manifest:
+        """Finish every shard and write the manifest (atomically, last)."""
+        if self.closed:
+            return self.manifest
+        for name, sw in self._splits.items():
+            self.manifest.splits[name] = make_split(name, sw.kind, sw.finish())
+        fsync_dir(self.directory)
+        self.manifest.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        write_manifest(self.directory, self.manifest)
+        self.closed = True
+        return self.manifest
+
+    def abort(self) -> None:
+        """Drop unfinished shards; write no manifest for this write's splits."""
+        for sw in self._splits.values():
+            sw.abort()
+        self.closed = True
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
