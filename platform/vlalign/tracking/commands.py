@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -115,10 +116,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     prepare_store(store)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow UI for {store.uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(ui_command(store, args.port), env=env)
+
+    def _stop(signum, frame) -> None:  # SIGTERM: stop the server too, do not orphan it
+        proc.terminate()
+
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        return subprocess.call(ui_command(store, args.port), env=env)
-    except KeyboardInterrupt:
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the server as well; wait for it to exit
+        proc.wait(timeout=30)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(subparsers) -> None:

@@ -9,9 +9,9 @@ given the run id stored in a training checkpoint, `start()` continues the same r
 
 Usage (rank 0; other ranks get a disabled logger whose methods do nothing):
 
-    logger = RunLogger.for_recipe(recipe, rank=rank)
+    logger = RunLogger(recipe, rank=rank)
     with logger.run(recipe, resume_run_id=ckpt.get("mlflow_run_id")):
-        logger.log_dataset(recipe.data.train, context="training")
+        logger.log_dataset(shard_dir)            # digest + location from its manifest.json
         logger.log_metrics({"loss": 1.2}, step=1)
 """
 
@@ -87,25 +87,33 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    """HEAD commit of the git repository holding `path` (default: cwd), '+dirty' if modified."""
-    cwd = str(path or Path.cwd())
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = head.stdout.strip()
-    return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
+    """HEAD commit ('+dirty' when tracked files changed) of the git checkout holding `path`.
+
+    Default: the checkout vlalign's own code runs from (the code that trained), else the cwd.
+    None when neither is a git checkout.
+    """
+    import vlalign
+
+    candidates = [path] if path is not None else [Path(vlalign.__file__).parent, Path.cwd()]
+    for cwd in candidates:
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+            )
+            if head.returncode != 0:
+                continue
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        dirty = status.returncode == 0 and bool(status.stdout.strip())
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    return None
 
 
 def hardware() -> dict[str, str]:
@@ -131,22 +139,17 @@ def hardware() -> dict[str, str]:
     return out
 
 
-def read_manifest(location: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """(manifest, where) from a shard directory, a manifest.json path, or a manifest dict."""
-    if isinstance(location, dict):
-        return location, "<manifest dict>"
-    path = Path(location)
-    if path.is_dir():
-        path = path / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path}: no {MANIFEST} (is {location} a shard set directory?)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: top level must be an object")
-    return manifest, str(path)
+def read_manifest(location: str | Path) -> tuple[dict[str, Any], str]:
+    """(manifest dict, where) of a shard set directory or URL prefix (or its manifest.json).
+
+    Read and verified by the data pipeline's loader (digests recomputed from the shard list).
+    """
+    from data_pipeline.manifest import load_manifest
+
+    location = str(location)
+    if location.endswith(MANIFEST):
+        location = location[: -len(MANIFEST)].rstrip("/") or "."
+    return load_manifest(location).model_dump(), f"{location}/{MANIFEST}"
 
 
 def manifest_digest(manifest: dict[str, Any], where: str) -> str:
@@ -158,33 +161,44 @@ def manifest_digest(manifest: dict[str, Any], where: str) -> str:
     raise DataError(f"{where}: no dataset digest (expected key {' or '.join(DIGEST_KEYS)!r})")
 
 
+def short_digest(digest: str) -> str:
+    """'sha256:0123...' -> its first 32 hex digits (MLflow's dataset digest field holds 36)."""
+    return digest.split(":")[-1][:32]
+
+
 class RunLogger:
     """Logs one MLflow run. Disabled (every method a no-op) on ranks other than 0.
 
-    The store must exist before workers start: the driver calls
-    `vlalign.tracking.store.prepare_store` (for_recipe does it when it is the only process).
+    `RunLogger(recipe, rank=rank)` uses the recipe's store (`tracking.uri`, default embedded) and
+    is enabled when `tracking.enabled` and rank == 0; `RunLogger(store)` targets a given store.
+    Several processes must not create a new SQLite store at once: in multi-process runs the
+    driver calls `vlalign.tracking.store.prepare_store` before workers start.
     """
 
-    def __init__(self, store: Store, enabled: bool = True) -> None:
-        self.store = store
-        self.enabled = enabled
+    def __init__(
+        self,
+        target: Recipe | Store,
+        rank: int = 0,
+        enabled: bool | None = None,
+        base_dir: str | Path | None = None,
+    ) -> None:
+        if isinstance(target, Recipe):
+            self.recipe: Recipe | None = target
+            self.store = resolve_store(target.tracking.uri, base_dir)
+            default = target.tracking.enabled
+        else:
+            self.recipe, self.store, default = None, target, True
+        self.enabled = (default if enabled is None else enabled) and rank == 0
         self.run_id: str | None = None
 
-    @classmethod
-    def for_recipe(
-        cls, recipe: Recipe, rank: int = 0, base_dir: str | Path | None = None
-    ) -> RunLogger:
-        """A logger for `recipe`'s store: enabled on rank 0 when recipe.tracking.enabled."""
-        store = resolve_store(recipe.tracking.uri, base_dir)
-        return cls(store, enabled=recipe.tracking.enabled and rank == 0)
-
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, recipe: Recipe, resume_run_id: str | None = None) -> str | None:
+    def start(self, recipe: Recipe | None = None, resume_run_id: str | None = None) -> str | None:
         """Start (or resume, given the run id from a checkpoint) the run; returns its id."""
         if not self.enabled:
             return None
         import mlflow
 
+        recipe = self._recipe(recipe)
         prepare_store(self.store)
         mlflow.set_tracking_uri(self.store.uri)
         mlflow.set_registry_uri(self.store.uri)
@@ -199,6 +213,13 @@ class RunLogger:
         mlflow.log_text(recipe_to_yaml(recipe), RECIPE_ARTIFACT, run_id=self.run_id)
         self._set_tags(self._run_tags(recipe))
         return self.run_id
+
+    def _recipe(self, recipe: Recipe | None) -> Recipe:
+        recipe = recipe or self.recipe
+        if recipe is None:
+            raise VlalignError("RunLogger: no recipe (pass it to RunLogger(...) or start(...))")
+        self.recipe = recipe
+        return recipe
 
     def _resume(self, recipe: Recipe, run_id: str) -> str:
         import mlflow
@@ -238,6 +259,10 @@ class RunLogger:
         else:
             mlflow.MlflowClient().set_terminated(self.run_id, status=status)
 
+    def finish(self) -> None:
+        """End the run as FINISHED."""
+        self.end("FINISHED")
+
     def fail(self, error: BaseException) -> None:
         """Record `error` (tag vlalign.error + error.txt with the traceback) and end FAILED."""
         if not self.enabled or self.run_id is None:
@@ -252,7 +277,9 @@ class RunLogger:
         self.end(status)
 
     @contextlib.contextmanager
-    def run(self, recipe: Recipe, resume_run_id: str | None = None) -> Iterator[str | None]:
+    def run(
+        self, recipe: Recipe | None = None, resume_run_id: str | None = None
+    ) -> Iterator[str | None]:
         """Context manager: start/resume; FINISHED on success, FAILED (error recorded) on raise."""
         run_id = self.start(recipe, resume_run_id)
         try:
@@ -273,65 +300,74 @@ class RunLogger:
 
     def log_dataset(
         self,
-        manifest: str | Path | dict[str, Any],
+        location: str | Path,
+        manifest: dict[str, Any] | Any | None = None,
         context: str = "training",
-        source: str | None = None,
         split: str | None = None,
     ) -> str | None:
-        """Log a shard set as the run's input; returns its digest.
+        """Log a shard set as the run's input (mlflow.log_input); returns its digest.
 
-        `manifest`: the shard directory (holding manifest.json), the manifest file, or its dict
-        (then `source` is required). The digest is the manifest's dataset digest; the source is
-        the shard location (directory or URL prefix).
+        location: the shard directory or URL prefix (the dataset's source; a path to a
+        manifest.json also works). manifest: its manifest (dict or the data pipeline's Manifest
+        model); read from `location`/manifest.json when None. The digest is the manifest's
+        dataset digest, so the run traces back to its exact shards.
         """
         if not self.enabled or self.run_id is None:
             return None
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-
-        data, where = read_manifest(manifest)
-        digest = manifest_digest(data, where)
-        if source is None:
-            if isinstance(manifest, dict):
-                raise VlalignError("log_dataset: a manifest dict needs source= (shard location)")
-            path = Path(manifest)
-            source = str((path if path.is_dir() else path.parent).resolve())
-        name = str(data.get("name") or Path(source.rstrip("/")).name or "shards")
         from mlflow.exceptions import MlflowException
 
+        location = str(location)
+        if location.endswith(MANIFEST):
+            location = location[: -len(MANIFEST)].rstrip("/") or "."
+        if manifest is None:
+            data, where = read_manifest(location)
+        else:
+            data = manifest.model_dump() if hasattr(manifest, "model_dump") else dict(manifest)
+            where = f"manifest of {location}"
+        digest = manifest_digest(data, where)
+        if "://" not in location:
+            location = str(Path(location).resolve())
         try:
             with warnings.catch_warnings():  # "can be interpreted in multiple ways": same class
                 warnings.simplefilter("ignore", UserWarning)
-                resolved = resolve_dataset_source(source)
+                source = resolve_dataset_source(location)
         except MlflowException as e:
-            raise VlalignError(f"log_dataset: unsupported shard location {source!r}: {e}") from None
-        ds = MetaDataset(source=resolved, name=name, digest=digest)
-        tags = {"split": split} if split else None
+            raise VlalignError(
+                f"log_dataset: unsupported shard location {location!r}: {e}"
+            ) from None
+        name = Path(location.rstrip("/")).name or "shards"
+        # MLflow keeps at most 36 characters of a dataset digest: log the hex prefix there and
+        # the full digest as an input tag and a run tag.
+        ds = MetaDataset(source=source, name=name, digest=short_digest(digest))
+        tags = {"dataset_digest": digest}
+        if data.get("source"):
+            tags["origin"] = str(data["source"])
+        if split:
+            tags["split"] = split
         self._activate()
         mlflow.log_input(ds, context=context, tags=tags)
         if context == "training":
-            self._set_tags({TAG_DATA_DIGEST: digest, TAG_DATA_SOURCE: source})
+            self._set_tags({TAG_DATA_DIGEST: digest, TAG_DATA_SOURCE: location})
         return digest
 
     def log_scorecard(self, card: str | Path | dict[str, Any]) -> dict[str, Any] | None:
-        """Log a scorecard as eval/<name>/scorecard.json and its metrics as eval/<name>/<m>."""
+        """Log a scorecard under eval/<name>/ (scorecard.json, chart, page; metrics eval/<name>/<m>).
+
+        Uses the evaluation area's logger (vlalign.evaluation.mlflow_log), the one writer of
+        that layout. Returns the validated scorecard dict.
+        """
         if not self.enabled or self.run_id is None:
             return None
-        import mlflow
+        from vlalign.evaluation.mlflow_log import log_scorecard
 
         card = sc.load_scorecard(card)
-        mlflow.log_dict(card, sc.artifact_path(card["name"]), run_id=self.run_id)
-        metrics = {
-            f"eval/{card['name']}/{k}": float(v)
-            for k, v in card["metrics"].items()
-            if isinstance(v, (int, float))
-        }
-        if metrics:
-            mlflow.log_metrics(metrics, run_id=self.run_id)
+        log_scorecard(card, self.run_id, card["name"])
         return card
 
-    def log_model(self, export_dir: str | Path, recipe: Recipe, name: str = "model"):
+    def log_model(self, export_dir: str | Path, recipe: Recipe | None = None, name: str = "model"):
         """The exported policy (adapter or merged model + processor + recipe) as a pyfunc model.
 
         Returns MLflow's ModelInfo (model_uri `models:/m-...`), or None when disabled.
@@ -341,7 +377,18 @@ class RunLogger:
         from vlalign.tracking.pyfunc_model import log_policy_model
 
         self._activate()
-        return log_policy_model(export_dir, recipe, name=name)
+        return log_policy_model(export_dir, self._recipe(recipe), name=name)
+
+    def log_export(self, export_dir: str | Path, scorecard: str | Path | dict | None = None):
+        """End of training: log the model, register it, auto-promote as the recipe asks.
+
+        See vlalign.tracking.publish.publish_run; returns its PublishResult.
+        """
+        from vlalign.tracking.publish import PublishResult, publish_run
+
+        if not self.enabled or self.run_id is None:
+            return PublishResult()
+        return publish_run(self, self._recipe(None), export_dir, scorecard)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """A file or directory as a run artifact."""
