@@ -195,7 +195,8 @@ def ipo_loss(
     """IPO (Azar et al. 2023, eq. 17), on per-token AVERAGED log-probs as in the paper and TRL.
 
     a_x = logps_x / length_x for policy and reference; h = (a_pc - a_pr) - (a_rc - a_rr);
-    loss = mean((h - 1 / (2 beta))^2); rewards = beta * (a_policy - a_ref).
+    loss = mean((h - 1 / (2 beta))^2). Rewards are beta * (policy - ref) on SUMMED log-probs, as
+    for every DPO variant (TRL >= 1.0 reports them so), so they compare across losses.
     """
     _require(
         "ipo",
@@ -212,7 +213,9 @@ def ipo_loss(
     )
     h = (pc - pr) - (rc - rr)
     losses = (h - 1 / (2 * beta)) ** 2
-    c, r = _dpo_rewards(beta, pc, pr, rc, rr)
+    c, r = _dpo_rewards(
+        beta, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     return LossOutput(losses.mean(), c, r)
 
 

@@ -100,13 +100,13 @@ def test_ipo_averages_over_tokens() -> None:
     """chosen length 2, rejected length 3:
     a_pc = -4/2 = -2, a_pr = -9/3 = -3, a_rc = -6/2 = -3, a_rr = -9/3 = -3;
     h = (-2 - -3) - (-3 - -3) = 1; beta = 0.25 -> 1/(2 beta) = 2; (1 - 2)^2 = 1.
-    rewards: 0.25 * (-2 - -3) = 0.25 and 0.25 * (-3 - -3) = 0.
+    rewards (summed, as for all DPO variants): 0.25 * (-4 - -6) = 0.5 and 0.25 * (-9 - -9) = 0.
     (On summed log-probs h would be (-4 - -9) - (-6 - -9) = 2 and the loss 0: lengths matter.)"""
     lc, lr = torch.tensor([2]), torch.tensor([3])
     pc = leaf(-4.0)
     out = ipo_loss(pc, t(-9.0), t(-6.0), t(-9.0), beta=0.25, chosen_lengths=lc, rejected_lengths=lr)
     assert out.loss.item() == pytest.approx(1.0)
-    assert out.chosen_rewards.tolist() == pytest.approx([0.25])
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5])
     assert out.rejected_rewards.tolist() == pytest.approx([0.0])
     out.loss.backward()  # d/dpc = 2 (h - 2) * (1/2) = -1
     assert pc.grad.item() == pytest.approx(-1.0)
