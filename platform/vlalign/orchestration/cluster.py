@@ -1,0 +1,83 @@
+"""The Ray cluster a run uses: join one (an address) or start a local one sized for this machine.
+
+- An address (argument, else RAY_ADDRESS, else the recipe's resources.address) joins that
+  cluster. A loopback address (127.0.0.1 / localhost) means a head started by
+  cluster/local/start-head.sh, which runs Ray in local-only mode; the client must use the same
+  mode or Ray rewrites 127.0.0.1 to the machine's network address and never connects.
+- No address: `ray.init(address="local")` starts a fresh in-process cluster (never attaching to a
+  stale `ray_current_cluster` file) in local-only mode, bound to 127.0.0.1, with at least 4
+  logical CPUs: on a 2-core machine two 1-CPU training workers would otherwise leave nothing for
+  Ray Data read tasks and the run would hang.
+- A process where Ray is already initialized keeps its connection (and it is not shut down).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from vlalign.config.schema import Recipe
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def resolve_address(address: str | None, recipe: Recipe) -> str | None:
+    """The cluster to join: the argument, RAY_ADDRESS (set inside Ray jobs), the recipe; or None."""
+    return address or os.environ.get("RAY_ADDRESS") or recipe.resources.address or None
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.1:6379, localhost:6379, ray://127.0.0.1:10001 and the like."""
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def use_local_only_mode() -> None:
+    """Keep 127.0.0.1 as this node's address (Ray's single-machine mode) in this process and in
+    every process it starts. Ray reads the flag once at import, so the constant is set as well."""
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_cpus(recipe: Recipe) -> int:
+    """Logical CPUs of a local cluster: what the workers reserve plus room for Ray Data tasks,
+    at least 4 and at least the machine's cores."""
+    r = recipe.resources
+    needed = math.ceil(r.num_workers * r.cpus_per_worker) + 2
+    return max(4, os.cpu_count() or 1, needed)
+
+
+@contextmanager
+def ray_cluster(address: str | None, recipe: Recipe) -> Iterator[str]:
+    """Connect to (or start) the run's cluster; yields a description; shuts down what it started."""
+    import ray
+
+    if ray.is_initialized():
+        yield "the Ray cluster this process is already connected to"
+        return
+    target = resolve_address(address, recipe)
+    if target is None:
+        use_local_only_mode()
+        ray.init(
+            address="local",
+            num_cpus=local_cpus(recipe),
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+        where = f"a local Ray cluster ({local_cpus(recipe)} logical CPUs)"
+    else:
+        if is_loopback(target):
+            use_local_only_mode()
+        ray.init(address=target, log_to_driver=True, configure_logging=False)
+        where = f"the Ray cluster at {target}"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
