@@ -43,23 +43,34 @@ class ModelSpec:
 
     kind: "builtin" | "full" | "adapter". path: the local model/adapter directory (None for a
     built-in). base: the model config to build (the built-in, the full model, or an adapter's
-    base). ref: what the user wrote (shown in the scorecard).
+    base). reference: for a fully fine-tuned export, the base it started from (the DPO
+    reference of implicit rewards). value_head: a reward model's head weights file (the export
+    is then scored as a reward model). ref: what the user wrote (shown in the scorecard).
     """
 
     ref: str
     kind: str
     base: ModelConfig
     path: str | None = None
+    reference: ModelConfig | None = None
+    value_head: str | None = None
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to evaluate. has_adapter: a PEFT model (its reference = adapter disabled)."""
+    """A model ready to evaluate.
+
+    has_adapter: a PEFT model (its reference = the same model, adapter disabled);
+    reference_model: a separate reference (full fine-tunes with a recorded base);
+    reward_model: a `vlalign.methods.reward.RewardModel` (input_ids [N, T] -> rewards [N]).
+    """
 
     model: object
     processor: object
     family: str
     has_adapter: bool
+    reference_model: object | None = None
+    reward_model: object | None = None
 
 
 def _is_full_model(d: Path) -> bool:
@@ -157,6 +168,8 @@ def spec_from_path(ref: str, path: Path, recipe: Recipe | None) -> ModelSpec:
         listing = ", ".join(str(d.relative_to(path)) for d in dirs)
         raise VlalignError(f"--model {ref}: several models under {path} ({listing}); name one")
     d = dirs[0]
+    head = d / "value_head.safetensors"
+    value_head = str(head) if head.is_file() else None
     if (d / "adapter_config.json").is_file():
         base = _recorded_base(path, d, recipe)
         if base is None:
@@ -164,14 +177,25 @@ def spec_from_path(ref: str, path: Path, recipe: Recipe | None) -> ModelSpec:
                 f"--model {ref}: adapter {d} records no usable base model; pass --recipe whose "
                 "model section names the base"
             )
-        return ModelSpec(ref=ref, kind="adapter", base=base, path=str(d))
+        return ModelSpec(ref=ref, kind="adapter", base=base, path=str(d), value_head=value_head)
     family = recipe.model.family if recipe else "auto"
     dtype = recipe.model.dtype if recipe else "float32"
-    info = _find_file(path, EXPORT_INFO)
-    if info is not None and family == "auto":
-        family = json.loads(info.read_text()).get("family", "auto")
+    info_file = _find_file(path, EXPORT_INFO)
+    info = json.loads(info_file.read_text()) if info_file is not None else {}
+    if family == "auto":
+        family = info.get("family", "auto")
+    reference = None
+    if info.get("kind") == "full" and info.get("base_model"):
+        reference = ModelConfig.model_validate(info["base_model"])
+        if recipe and recipe.model.cache_dir:
+            reference = reference.model_copy(update={"cache_dir": recipe.model.cache_dir})
     return ModelSpec(
-        ref=ref, kind="full", base=ModelConfig(name=str(d), family=family, dtype=dtype), path=str(d)
+        ref=ref,
+        kind="full",
+        base=ModelConfig(name=str(d), family=family, dtype=dtype),
+        path=str(d),
+        reference=reference,
+        value_head=value_head,
     )
 
 
@@ -269,6 +293,25 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
             processor = load_processor(spec.path, built.family, spec.base.trust_remote_code)
     model.to(device)
     model.eval()
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model, processor=processor, family=built.family, has_adapter=spec.kind == "adapter"
     )
+    if spec.value_head:
+        loaded.reward_model = _reward_model(model, spec.value_head, device)
+    elif spec.reference is not None:
+        loaded.reference_model = build(spec.reference).model.to(device).eval()
+    return loaded
+
+
+def _reward_model(policy, head_file: str, device: str):
+    """RewardModel(policy) with the exported value head loaded (strict: names must match)."""
+    from safetensors.torch import load_file
+
+    from vlalign.methods.reward import RewardModel
+
+    rm = RewardModel(policy)
+    try:
+        rm.value_head.load_state_dict(load_file(head_file))
+    except RuntimeError as e:
+        raise VlalignError(f"{head_file}: not this model's value head: {e}") from None
+    return rm.to(device).eval()

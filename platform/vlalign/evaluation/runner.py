@@ -7,7 +7,6 @@ the merged answers; compute metrics; write the outputs; log them to an MLflow ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from vlalign.evaluation.metrics import EvalRow, compute_metrics
 from vlalign.evaluation.model_ref import ModelSpec, resolve_model_ref
 from vlalign.evaluation.refusal import RefusalDetector, make_detector
 from vlalign.evaluation.scorecard import Scorecard, write_outputs
-from vlalign.evaluation.validity import text_validity
+from vlalign.evaluation.validity import Validity, text_validity
 from vlalign.evaluation.worker import EvalJob, evaluate_slice, iter_eval_samples
 
 N_SAMPLES = 8  # rows kept in the scorecard's "samples"
@@ -29,35 +28,30 @@ def _is_url(location: str) -> bool:
     return "://" in location or location.startswith("pipe:")
 
 
-def data_digest(location: str) -> str | None:
-    """The shard set's identity: sha256 of its manifest.json (None when it has none locally)."""
-    if _is_url(location):
-        return None
-    manifest = Path(location) / "manifest.json"
-    if not manifest.is_file():
-        return None
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+def check_data(location: str, split: str | None, max_samples: int | None) -> tuple[str, int]:
+    """(dataset digest, prompts to evaluate) of an eval split; DataError/VlalignError for a
+    missing location, a split of another kind, an empty set or a first record that is bad."""
+    from data_pipeline.reader import open_split
 
-
-def check_data(location: str, split: str | None, max_samples: int | None) -> None:
-    """VlalignError for a missing location, wrong kind of records or an empty eval set."""
-    if not _is_url(location) and not Path(location).exists():
+    if not _is_url(location) and not Path(location).is_dir():
         raise VlalignError(f"--data {location}: no such directory")
-    try:
-        first = next(iter_eval_samples(location, split, max_samples), None)
-    except DataError:
-        raise
-    except (FileNotFoundError, ValueError) as e:
-        raise DataError(f"--data {location}: cannot read eval shards: {e}") from None
-    if first is None:
-        raise DataError(f"--data {location}: the eval set (split {split!r}) is empty")
+    ref = open_split(location, split, kind="eval")  # DataError names the kind it holds
+    n = ref.samples if max_samples is None else min(ref.samples, max_samples)
+    if n == 0:
+        raise DataError(f"--data {location}: the eval set (split {ref.split!r}) is empty")
+    next(iter_eval_samples(location, split, 1))  # the first record decodes and is an eval record
+    return ref.manifest.dataset_digest, n
 
 
 def score_rows(raw: list[dict], detector: RefusalDetector) -> list[EvalRow]:
-    refused = detector.is_refusal([r["answer"] for r in raw])
+    """Worker rows + refusal flags (one detector call over all answers) + validity -> EvalRows."""
+    answers = [r["answer"] for r in raw if r["answer"] is not None]
+    flags = iter(detector.is_refusal(answers) if answers else [])
     rows = []
-    for r, ref in zip(raw, refused, strict=True):
-        v = text_validity(r["answer"])
+    for r in raw:
+        answered = r["answer"] is not None
+        ref = next(flags) if answered else False
+        v = text_validity(r["answer"]) if answered else Validity(False, None)
         pr = r.get("pair_rewards")
         rows.append(
             EvalRow(
@@ -122,7 +116,7 @@ def evaluate(
     uri = tracking_uri or recipe.tracking.uri or DEFAULT_TRACKING_URI
     out_dir = Path(out_dir)
 
-    check_data(data, split, max_samples)
+    digest, n_prompts = check_data(data, split, max_samples)
     spec = resolve_model_ref(model_ref, recipe, uri, download_dir=out_dir / ".model")
     _materialize_base(spec)
     settings = GenerationSettings.from_eval_config(ev, batch_size)
@@ -140,7 +134,7 @@ def evaluate(
     )
 
     if num_workers == 1:
-        with _progress_bar(progress, max_samples, "eval") as bar:
+        with _progress_bar(progress, n_prompts, "eval") as bar:
             parts = [evaluate_slice(job, 0, 1, progress=bar.update)]
     else:
         from vlalign.evaluation.distributed import run_sharded
@@ -167,7 +161,7 @@ def evaluate(
         name=name,
         model=model_ref,
         data=data,
-        data_digest=data_digest(data),
+        data_digest=digest,
         metrics=result.metrics,
         per_category=result.per_category,
         counts=result.counts,
@@ -180,6 +174,7 @@ def evaluate(
                 "answer": r.answer,
                 "refused": r.refused,
                 "valid": r.valid,
+                **({"pair_rewards": list(r.pair_rewards)} if r.pair_rewards else {}),
             }
             for r in rows[:N_SAMPLES]
         ],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ HEADLINE = (
     "n_benign",
 )
 COLORS = {"harmful": "#c0392b", "benign": "#2e86c1"}
+CATEGORY_COLUMNS = ("refusal_rate", "validity_rate", "pairs", "pair_accuracy")
 
 
 @dataclass
@@ -92,6 +92,26 @@ def read_scorecard(path: str | Path) -> Scorecard:
     return Scorecard.from_dict(data, str(p))
 
 
+def _chart_series(card: Scorecard) -> tuple[str, str, list[tuple[str, float, str, int]]]:
+    """(metric key, axis label, [(bar name, value, label, n)]): refusal rates, or pair accuracy
+    for a reward model's scorecard (no answers, so no refusals)."""
+    rows = card.per_category
+    if any("refusal_rate" in r for r in rows.values()) or not rows:
+        key, axis, overall = "refusal_rate", "refusal rate", "{label}_refusal_rate"
+    else:
+        key, axis, overall = "pair_accuracy", "pair accuracy", None
+    bars = []
+    if overall:
+        for label in ("harmful", "benign"):
+            if overall.format(label=label) in card.metrics:
+                n = int(card.metrics.get(f"n_{label}", 0))
+                bars.append((f"ALL {label}", card.metrics[overall.format(label=label)], label, n))
+    for cat, r in rows.items():
+        if key in r:
+            bars.append((cat, float(r[key]), r["label"], int(r.get("pairs", r["n"]))))
+    return key, axis, bars
+
+
 def write_chart(card: Scorecard, path: str | Path) -> Path:
     """Per-category refusal-rate bars, harmful (red) and benign (blue), plus the two overall rates."""
     import matplotlib
@@ -100,40 +120,32 @@ def write_chart(card: Scorecard, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    names, rates, colors, ns = [], [], [], []
-    for label in ("harmful", "benign"):
-        key = f"{label}_refusal_rate"
-        if key in card.metrics:
-            names.append(f"ALL {label}")
-            rates.append(card.metrics[key])
-            colors.append(COLORS[label])
-            ns.append(int(card.metrics.get(f"n_{label}", 0)))
-    for cat, row in card.per_category.items():
-        names.append(cat)
-        rates.append(row["refusal_rate"])
-        colors.append(COLORS.get(row["label"], "#7f8c8d"))
-        ns.append(row["n"])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(names) + 2), 4.0), dpi=100)
-    xs = range(len(names))
-    bars = ax.bar(xs, rates, color=colors)
-    for b, n in zip(bars, ns, strict=True):
+    key, axis, bars = _chart_series(card)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(bars) + 2), 4.0), dpi=100)
+    xs = list(range(len(bars)))
+    drawn = ax.bar(xs, [b[1] for b in bars], color=[COLORS.get(b[2], "#7f8c8d") for b in bars])
+    for bar, (_, value, _, n) in zip(drawn, bars, strict=True):
         ax.annotate(
-            f"n={n}",
-            (b.get_x() + b.get_width() / 2, b.get_height()),
+            f"{value:.2f}\nn={n}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
             fontsize=7,
         )
-    ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("refusal rate")
-    ax.set_title(f"{card.name}: refusal by category ({Path(card.model).name or card.model})")
-    ax.legend(
-        handles=[Patch(color=COLORS["harmful"]), Patch(color=COLORS["benign"])],
-        labels=["harmful (higher is safer)", "benign (lower is better)"],
-        fontsize=7,
-        loc="upper right",
-    )
+    ax.set_xticks(xs, [b[0] for b in bars], rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel(axis)
+    what = "refusal" if key == "refusal_rate" else "pair accuracy"
+    ax.set_title(f"{card.name}: {what} by category ({card.model})", fontsize=10)
+    if key == "refusal_rate":
+        ax.legend(
+            handles=[Patch(color=COLORS["harmful"]), Patch(color=COLORS["benign"])],
+            labels=["harmful prompts (higher is safer)", "benign prompts (lower is better)"],
+            fontsize=7,
+            loc="upper right",
+        )
+    if not bars:
+        ax.text(0.5, 0.5, "no categories", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,10 +154,11 @@ def write_chart(card: Scorecard, path: str | Path) -> Path:
     return path
 
 
-def _fmt(v) -> str:
+def _fmt(v, key: str = "") -> str:
+    """Counts (n_*, max_*) as integers, other floats with 4 decimals."""
     if isinstance(v, float):
-        if math.isclose(v, round(v)) and abs(v) >= 1:
-            return str(round(v))
+        if key.startswith(("n_", "max_")) and v.is_integer():
+            return str(int(v))
         return f"{v:.4f}"
     return str(v)
 
@@ -155,16 +168,18 @@ def write_html(card: Scorecard, png: str | Path, path: str | Path) -> Path:
     e = html.escape
     img = base64.b64encode(Path(png).read_bytes()).decode("ascii")
     metric_rows = "".join(
-        f"<tr><td>{e(k)}</td><td>{e(_fmt(v))}</td></tr>" for k, v in sorted(card.metrics.items())
+        f"<tr><td>{e(k)}</td><td>{e(_fmt(v, k))}</td></tr>" for k, v in sorted(card.metrics.items())
     )
     cat_rows = "".join(
         f"<tr><td>{e(c)}</td><td>{e(r['label'])}</td><td>{r['n']}</td>"
-        f"<td>{r['refusal_rate']:.4f}</td><td>{e(_fmt(r.get('validity_rate', '')))}</td></tr>"
+        + "".join(f"<td>{e(_fmt(r.get(k, '')))}</td>" for k in CATEGORY_COLUMNS)
+        + "</tr>"
         for c, r in card.per_category.items()
     )
+    cat_head = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in CATEGORY_COLUMNS)
     sample_rows = "".join(
         f"<tr><td>{e(s.get('label', ''))}</td><td>{e(s.get('category', ''))}</td>"
-        f"<td>{e(s.get('prompt', ''))}</td><td>{e(s.get('answer', ''))}</td>"
+        f"<td>{e(s.get('prompt') or '')}</td><td>{e(s.get('answer') or '')}</td>"
         f"<td>{'yes' if s.get('refused') else 'no'}</td><td>{'yes' if s.get('valid') else 'no'}</td></tr>"
         for s in card.samples
     )
@@ -180,7 +195,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}th{{background:#
 <table><tr><th>metric</th><th>value</th></tr>{metric_rows}</table>
 <h2>Refusal by category</h2>
 <img alt="refusal rate by category" src="data:image/png;base64,{img}">
-<table><tr><th>category</th><th>label</th><th>n</th><th>refusal rate</th><th>validity</th></tr>{cat_rows}</table>
+<table><tr><th>category</th><th>label</th><th>n</th>{cat_head}</tr>{cat_rows}</table>
 <h2>Samples</h2>
 <table><tr><th>label</th><th>category</th><th>prompt</th><th>answer</th><th>refused</th><th>valid</th></tr>{sample_rows}</table>
 </body></html>
@@ -210,18 +225,16 @@ def render_table(card: Scorecard):
     head.add_column("value", justify="right")
     for k in HEADLINE:
         if k in card.metrics:
-            head.add_row(k, _fmt(card.metrics[k]))
-    cats = Table(title="refusal by category", show_header=True)
-    for col, just in (
-        ("category", "left"),
-        ("label", "left"),
-        ("n", "right"),
-        ("refusal", "right"),
-    ):
-        cats.add_column(col, justify=just)
+            head.add_row(k, _fmt(card.metrics[k], k))
+    cols = [k for k in CATEGORY_COLUMNS if any(k in r for r in card.per_category.values())]
+    cats = Table(title="by category", show_header=True)
+    for col in ("category", "label", "n", *cols):
+        just = "left" if col in ("category", "label") else "right"
+        cats.add_column(col.replace("_", " "), justify=just)
     for c, r in card.per_category.items():
         style = "red" if r["label"] == "harmful" else "blue"
-        cats.add_row(c, r["label"], str(r["n"]), f"{r['refusal_rate']:.3f}", style=style)
+        cells = [_fmt(r[k]) if k in r else "-" for k in cols]
+        cats.add_row(c, r["label"], str(r["n"]), *cells, style=style)
     return Group(head, cats)
 
 

@@ -15,7 +15,7 @@ from vlalign.errors import DataError
 from vlalign.evaluation.generation import GenerationSettings, generate
 from vlalign.evaluation.metrics import LABELS
 from vlalign.evaluation.model_ref import ModelSpec, load_model
-from vlalign.evaluation.pairs import has_pair, policy_implicit_rewards
+from vlalign.evaluation.pairs import has_pair, pair_kind_of, score_pairs
 
 
 @dataclass
@@ -59,7 +59,7 @@ def iter_eval_samples(
     """(index, sample) over the eval set in reading order, each checked, at most max_samples."""
     from data_pipeline.reader import iter_samples
 
-    for i, sample in enumerate(iter_samples(data, split=split)):
+    for i, sample in enumerate(iter_samples(data, split=split, kind="eval")):
         if max_samples is not None and i >= max_samples:
             return
         check_eval_sample(sample, data)
@@ -80,10 +80,12 @@ def evaluate_slice(
     num_workers: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Answer (and pair-score) this worker's slice. Returns {"rows": [...], "pair_kind": str|None}.
+    """Answer (and pair-score) this worker's slice.
 
+    Returns {"rows": [...], "pair_kind": "implicit" | "reward" | None, "skipped_pairs": int}.
     A row: {"index", "key", "prompt", "label", "category", "answer", "n_tokens",
-    "pair_rewards": [chosen, rejected] | None, "meta"}.
+    "pair_rewards": [chosen, rejected] | None, "meta"}. A reward model answers nothing
+    (answer None): it only scores pairs.
     """
     import torch
 
@@ -92,7 +94,8 @@ def evaluate_slice(
     torch.manual_seed(job.settings.seed)
     loaded = load_model(job.spec, _device(job))
     encoder = ChatEncoder(loaded.processor, loaded.family, job.max_length)
-    pair_kind = "implicit" if loaded.has_adapter else None
+    pair_kind = pair_kind_of(loaded)
+    generates = loaded.reward_model is None
     rows: list[dict] = []
     skipped_pairs = 0
     batch: list[tuple[int, dict]] = []
@@ -102,13 +105,14 @@ def evaluate_slice(
         if not batch:
             return
         samples = [s for _, s in batch]
-        answers = generate(loaded.model, encoder, samples, job.settings)
-        paired = [s for s in samples if has_pair(s)]
-        rewards = iter(
-            policy_implicit_rewards(loaded.model, encoder, paired, job.logprob_chunk)
-            if paired and pair_kind == "implicit"
-            else []
+        answers = (
+            generate(loaded.model, encoder, samples, job.settings)
+            if generates
+            else [None] * len(samples)
         )
+        paired = [s for s in samples if has_pair(s)]
+        _, scores = score_pairs(loaded, encoder, paired, job.logprob_chunk)
+        rewards = iter(scores)
         if paired and pair_kind is None:
             skipped_pairs += len(paired)
         for (i, s), g in zip(batch, answers, strict=True):
@@ -120,8 +124,8 @@ def evaluate_slice(
                     "prompt": s["prompt"],
                     "label": s["label"],
                     "category": str(s.get("category") or "uncategorized"),
-                    "answer": g.text,
-                    "n_tokens": g.n_tokens,
+                    "answer": g.text if g is not None else None,
+                    "n_tokens": g.n_tokens if g is not None else 0,
                     "pair_rewards": list(pr) if pr is not None else None,
                     "meta": {k: v for k, v in (s.get("meta") or {}).items() if k in ("source",)},
                 }
