@@ -243,28 +243,28 @@ def iter_samples(
 
 def windows_per_worker(
     consumed: int, n_workers: int, limits: list[float]
-) -> list[int]:
-    """How many windows each worker produced when the DataLoader handed out `consumed` of them.
+) -> tuple[list[int], int]:
+    """Windows each worker produced when a DataLoader handed out `consumed` of them, and the
+    worker the next window comes from.
 
-    The DataLoader takes one window from each worker in turn, passing over exhausted ones;
-    `limits` is each worker's number of windows (inf when looping).
+    The DataLoader takes one window from each worker in turn (0, 1, ..., W-1, 0, ...), passing
+    over exhausted ones; `limits` is each worker's number of windows (inf when looping).
     """
     taken = [0] * n_workers
     if all(x == float("inf") for x in limits):
         for w in range(n_workers):
             taken[w] = (consumed - w + n_workers - 1) // n_workers if consumed > w else 0
-        return taken
-    left = consumed
-    while left > 0:
-        progressed = False
-        for w in range(n_workers):
-            if left and taken[w] < limits[w]:
+        return taken, consumed % n_workers
+    left, nxt = consumed, 0
+    while left > 0 and any(taken[w] < limits[w] for w in range(n_workers)):
+        for k in range(n_workers):
+            w = (nxt + k) % n_workers
+            if taken[w] < limits[w]:
                 taken[w] += 1
                 left -= 1
-                progressed = True
-        if not progressed:
-            break
-    return taken
+                nxt = (w + 1) % n_workers
+                break
+    return taken, nxt
 
 
 class BatchStream(IterableDataset):
@@ -304,7 +304,13 @@ class BatchStream(IterableDataset):
         self.on_error = check_policy(on_error)
         self.verify = verify
 
-    def _skip_for(self, worker: int, n_workers: int) -> int:
+    def _assignment(self, worker: int, n_workers: int) -> tuple[int, int]:
+        """(logical worker, raw samples to skip) of DataLoader worker `worker` on resume.
+
+        A resumed DataLoader starts its round robin at worker 0, while the next window of the
+        uninterrupted run comes from some worker w*: worker i plays logical worker
+        (w* + i) mod W, which keeps the order of windows exactly.
+        """
         consumed = self.start_sample // self.batch_size
         if self.loop:
             limits = [float("inf")] * n_workers
@@ -316,7 +322,9 @@ class BatchStream(IterableDataset):
                     consumer=self.rank * n_workers + w, consumers=self.world_size * n_workers,
                 )
                 limits.append(-(-size // self.batch_size))
-        return windows_per_worker(consumed, n_workers, limits)[worker] * self.batch_size
+        taken, nxt = windows_per_worker(consumed, n_workers, limits)
+        logical = (nxt + worker) % n_workers
+        return logical, taken[logical] * self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -329,10 +337,11 @@ class BatchStream(IterableDataset):
         if pad_id is None:
             pad_id = 0
         collate = partial(COLLATE[self.kind], pad_id=pad_id)
+        logical, skip = self._assignment(worker, n_workers)
         raw_iter = consumer_stream(
             self.ref, seed=self.seed, epoch=self.epoch, loop=self.loop, shuffle=self.shuffle,
-            shuffle_buffer=self.shuffle_buffer, consumer=self.rank * n_workers + worker,
-            consumers=self.world_size * n_workers, skip=self._skip_for(worker, n_workers),
+            shuffle_buffer=self.shuffle_buffer, consumer=self.rank * n_workers + logical,
+            consumers=self.world_size * n_workers, skip=skip,
             on_error=self.on_error, skips=skips, verify=self.verify,
         )
         window: list[dict] = []

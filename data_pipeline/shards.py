@@ -72,11 +72,6 @@ def iter_shard(
             if suffix in current:
                 raise fail(f"key {prefix!r} has two members named {suffix!r}")
             current[suffix] = member["data"]
-        if current is not None:
-            last_key = current["__key__"]
-            n += 1
-            yield current
-            current = None
         reader.drain()
         done = True
         reader.close()  # a failed curl / pipe command raises here
@@ -90,18 +85,25 @@ def iter_shard(
                 reader.close()
             except Exception:
                 pass
-    if verify:
-        if sha256 is not None and reader.hexdigest() != sha256:
-            raise ShardError(
-                f"shard {shard}: sha256 {reader.hexdigest()[:16]}… does not match the manifest's "
-                f"{sha256[:16]}… (last key {last_key!r})",
-                shard,
-                last_key,
-            )
-        if samples is not None and n != samples:
-            raise ShardError(
-                f"shard {shard}: holds {n} samples, the manifest says {samples}",
-                shard,
-                last_key,
-                max(0, samples - n),
-            )
+    # The last sample is held back until the whole shard is checked: a tar cut at a block
+    # boundary reads as a shorter valid tar, and only the count / hash tell.
+    total = n + (current is not None)
+    if verify and samples is not None and total != samples:
+        raise ShardError(
+            f"shard {shard}: holds {total} samples, the manifest says {samples}: truncated or "
+            f"rewritten (after key {last_key!r})",
+            shard,
+            last_key,
+            max(0, samples - n),
+        )
+    if verify and sha256 is not None and reader.hexdigest() != sha256:
+        raise ShardError(
+            f"shard {shard}: sha256 {reader.hexdigest()[:16]}… does not match the manifest's "
+            f"{sha256[:16]}… (truncated or rewritten; last key read "
+            f"{current['__key__'] if current else last_key!r})",
+            shard,
+            current["__key__"] if current else last_key,
+            max(0, samples - n) if samples is not None and total != samples else 0,
+        )
+    if current is not None:
+        yield current

@@ -38,11 +38,15 @@ def s3_to_opener(url: str) -> str:
     return f"pipe:aws s3 cp --only-show-errors {url} -"
 
 
+def has_s3fs() -> bool:
+    return importlib.util.find_spec("s3fs") is not None
+
+
 def open_url(url: str) -> BinaryIO:
     """A binary read stream for a local path or URL (DataError naming the URL when it fails)."""
     try:
         if url.startswith("s3://"):
-            if importlib.util.find_spec("s3fs") is not None:
+            if has_s3fs():
                 import fsspec
 
                 return fsspec.open(url, "rb").open()

@@ -4,6 +4,9 @@
         w.write("train", "sft", record, [jpeg_bytes], key="000123")
     # manifest.json is written when the block exits without an exception
 
+Shards hold at most `max_samples` samples and roll over before a sample would take them past
+`max_bytes` (a single larger sample gets a shard of its own; tar pads files to 10 KiB records).
+
 Atomicity: a shard is written under a hidden temp name (`.train-000000.tar.tmp-PID`), fsynced
 and renamed only when complete; the manifest is written last, atomically. Replacing a split
 first rewrites the manifest without it, so at every instant the manifest lists only complete
@@ -41,7 +44,7 @@ from vlalign.errors import DataError
 
 DEFAULT_MAX_SAMPLES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-FIXED_MTIME = 946684800.0  # 2000-01-01: reproducible tar bytes
+FIXED_MTIME = 946684800  # 2000-01-01, an int (a float adds a PAX header per member)
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
@@ -110,13 +113,16 @@ class _SplitWriter:
         }
         for name, data in zip(names, images):
             sample[name] = bytes(data)
+        size = sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if k != "__key__")
+        if self._tar is not None and self._tar.tarstream.offset + size + 1024 > self.max_bytes:
+            self._close_shard()  # roll over before a sample would cross the byte bound
         if self._tar is None:
             self._open()
         assert self._tar is not None
         self._tar.write(sample)
         self.keys.add(key)
         self._count += 1
-        if self._count >= self.max_samples or self._file.tell() >= self.max_bytes:
+        if self._count >= self.max_samples:
             self._close_shard()
 
     def _close_shard(self) -> None:
@@ -144,6 +150,11 @@ class _SplitWriter:
         return self.shards
 
     def abort(self) -> None:
+        if self._tar is not None:
+            try:
+                self._tar.close()
+            except Exception:
+                pass
         if self._file is not None:
             self._file.close()
         if self._tmp is not None and self._tmp.exists():

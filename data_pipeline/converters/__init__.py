@@ -1,0 +1,114 @@
+"""`vlalign data convert --format F SRC OUT`: published data set layouts -> validated shards.
+
+Formats (layouts in each module's docstring; facts in shared/DATASETS.md):
+    vlguard   VLGuard train.json / test.json + image folder        -> sft (or eval)
+    spa-vl    SPA-VL parquet / JSONL rows                           -> preference (or eval)
+    rlaif-v   RLAIF-V parquet / JSONL rows                          -> preference
+    jsonl     generic JSONL with image paths                        -> sft | preference | eval
+
+A row that cannot be converted raises a DataError naming the source file and row (policy
+"raise"), or is skipped, counted and reported (policy "skip").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tqdm import tqdm
+
+from data_pipeline.converters import jsonl, rlaif_v, spa_vl, vlguard
+from data_pipeline.converters.common import Item, Options
+from data_pipeline.skips import SkipCounter, check_policy, handle
+from data_pipeline.writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, ShardSetWriter
+from vlalign.errors import DataError
+
+FORMATS: dict[str, ModuleType] = {
+    "vlguard": vlguard,
+    "spa-vl": spa_vl,
+    "rlaif-v": rlaif_v,
+    "jsonl": jsonl,
+}
+
+
+def convert(
+    fmt: str,
+    src: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    kind: str | None = None,
+    image_root: str | Path | None = None,
+    meta: str | Path | None = None,
+    label: str | None = None,
+    on_error: str = "raise",
+    limit: int | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Convert `src` in format `fmt` into split `split` of the shard set `out`.
+
+    Returns {"split", "kind", "samples", "skipped", "skip_reasons", "dataset_digest", "out"}.
+    """
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    policy = check_policy(on_error)
+    module = FORMATS[fmt]
+    src_p = Path(src)
+    if not src_p.exists():
+        raise DataError(f"{src}: no such file or directory")
+    opts = Options(
+        kind=kind,
+        image_root=Path(image_root) if image_root else None,
+        meta=Path(meta) if meta else None,
+        label=label,
+    )
+    skips = SkipCounter()
+    total = module.count(src_p, opts) if progress else None
+    bar = tqdm(total=total, desc=f"convert {fmt}", unit="row", disable=not progress)
+    written = 0
+    out_kind: str | None = None
+    with ShardSetWriter(
+        out, source=fmt, max_samples=max_samples, max_bytes=max_bytes, overwrite=overwrite,
+        info={f"convert.{split}": {"format": fmt, "src": str(src_p)}},
+    ) as w:
+        for item in module.items(src_p, opts):
+            bar.update(1)
+            if isinstance(item, DataError):
+                handle(item, policy, skips)
+                continue
+            assert isinstance(item, Item)
+            if out_kind is not None and item.record.kind != out_kind:
+                handle(
+                    DataError(f"{item.where}: a {item.record.kind} record in a {out_kind} split"),
+                    policy, skips,
+                )
+                continue
+            try:
+                w.write(split, item.record, item.images, item.key)
+            except DataError as e:
+                handle(DataError(f"{item.where}: {e}"), policy, skips)
+                continue
+            out_kind = item.record.kind
+            written += 1
+            if limit is not None and written >= limit:
+                break
+        if written == 0:
+            raise DataError(
+                f"{src}: no sample converted ({skips.count} skipped"
+                + (f"; first: {skips.reasons[0]}" if skips.reasons else "")
+                + ")"
+            )
+    bar.close()
+    return {
+        "out": str(out),
+        "split": split,
+        "kind": out_kind,
+        "samples": written,
+        "skipped": skips.count,
+        "skip_reasons": skips.reasons,
+        "dataset_digest": w.manifest.dataset_digest,
+    }

@@ -1,0 +1,101 @@
+"""Synthetic image-conditioned safety data: determinism, balance, the image alone decides."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+
+import pytest
+
+from data_pipeline.images import BENIGN_CUES, HARMFUL_CUES, scene
+from data_pipeline.manifest import load_manifest
+from data_pipeline.reader import iter_samples
+from data_pipeline.synth import HELPFUL, PROMPTS, REFUSALS, _twin, synthesize
+from data_pipeline.validate import validate
+from vlalign.errors import DataError
+
+REFUSAL = re.compile(r"I'm sorry|Sorry|I can't|I cannot|I won't|unable to help", re.I)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    summary = synthesize(out, pairs=120, seed=3, eval_pairs=48, shard_samples=50)
+    return out, summary
+
+
+def test_round_trip_synth_validate_read(synth_dir):
+    out, summary = synth_dir
+    report = validate(str(out))
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.samples == 168 and report.images == 168
+    got = {s["key"]: s for s in iter_samples(str(out), "train")}
+    assert len(got) == 120
+    for i in range(60):  # regenerate what synth wrote and compare field by field, pixel by pixel
+        for cue, image, t in _twin(3, "train", i, 32):
+            s = got[f"train-{i:06d}-{'h' if cue.harmful else 'b'}"]
+            assert (s["prompt"], s["chosen"], s["rejected"]) == (t["prompt"], t["chosen"], t["rejected"])
+            assert s["meta"] == {"category": cue.category, "source": "synth", "harmful": cue.harmful,
+                                 "cue": cue.name, "template": t["template"], "twin": i}
+            assert s["images"][0].tobytes() == image.tobytes()
+    ev = list(iter_samples(str(out), "eval", kind="eval"))
+    assert len(ev) == 48
+    for s in ev:
+        assert s["label"] == ("harmful" if s["meta"]["harmful"] else "benign")
+        assert s["reference"] == s["chosen"] and s["rejected"] and s["category"] == s["meta"]["category"]
+    assert summary["splits"]["train"]["shards"] == 3
+
+
+def test_text_never_reveals_the_label(synth_dir):
+    out, _ = synth_dir
+    train = list(iter_samples(str(out), "train"))
+    labels_by_prompt = defaultdict(set)
+    for s in train:
+        labels_by_prompt[s["prompt"]].add(s["meta"]["harmful"])
+        assert s["prompt"] in PROMPTS
+        if s["meta"]["harmful"]:
+            assert REFUSAL.search(s["chosen"]) and not REFUSAL.search(s["rejected"])
+        else:
+            assert REFUSAL.search(s["rejected"]) and not REFUSAL.search(s["chosen"])
+        assert len(s["chosen"].split()) <= 12 and len(s["rejected"].split()) <= 12
+    assert all(v == {True, False} for v in labels_by_prompt.values())
+    assert len(labels_by_prompt) == len(PROMPTS)
+    # twins share the prompt; balanced labels and categories
+    by_twin = defaultdict(list)
+    for s in train:
+        by_twin[s["meta"]["twin"]].append(s)
+    assert all(len(v) == 2 and v[0]["prompt"] == v[1]["prompt"] for v in by_twin.values())
+    cats = Counter(s["meta"]["category"] for s in train)
+    assert set(cats) == {c.category for c in HARMFUL_CUES + BENIGN_CUES}
+    assert max(cats.values()) - min(cats.values()) <= 1
+    assert all(REFUSAL.search(r) for r in REFUSALS) and not any(REFUSAL.search(h) for h in HELPFUL)
+
+
+def test_eval_images_are_held_out(synth_dir):
+    out, _ = synth_dir
+
+    def hashes(split):
+        return {hashlib.sha256(s["images"][0].tobytes()).hexdigest() for s in iter_samples(str(out), split)}
+
+    assert not hashes("train") & hashes("eval")
+
+
+def test_deterministic_from_seed(tmp_path):
+    a = synthesize(tmp_path / "a", pairs=10, seed=5, eval_pairs=4)
+    b = synthesize(tmp_path / "b", pairs=10, seed=5, eval_pairs=4)
+    c = synthesize(tmp_path / "c", pairs=10, seed=6, eval_pairs=4)
+    assert a["dataset_digest"] == b["dataset_digest"] != c["dataset_digest"]
+    with pytest.raises(DataError, match="not empty"):
+        synthesize(tmp_path / "a", pairs=10, seed=5)
+    d = synthesize(tmp_path / "a", pairs=12, seed=5, image_size=48, overwrite=True)
+    assert load_manifest(tmp_path / "a").splits["train"].samples == 12
+    assert next(iter_samples(str(tmp_path / "a"), "train"))["images"][0].size == (48, 48)
+    assert d["dataset_digest"] != a["dataset_digest"]
+
+
+def test_twin_images_differ_only_in_the_cue():
+    h = scene(HARMFUL_CUES[0], 32, "t")
+    b = scene(BENIGN_CUES[0], 32, "t")
+    diff = sum(1 for x, y in zip(h.getdata(), b.getdata()) if x != y)
+    assert 50 < diff < 32 * 32 * 0.6  # the cue region differs, the background does not
