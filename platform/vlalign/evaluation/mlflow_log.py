@@ -2,7 +2,7 @@
 
 Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart and the
 HTML page; metrics `eval/<name>/<metric>` for every scorecard metric, and
-`eval/<name>/refusal_rate/<category>` per category. Uses the current MLflow tracking URI.
+`eval/<name>/refusal_rate/<category>` (or `pair_accuracy/<category>`) per category.
 """
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ def _metric_name(*parts: str) -> str:
     return "/".join(_SAFE.sub("_", p) for p in parts)
 
 
-def log_scorecard(scorecard: Scorecard | dict, run_id: str, name: str) -> None:
-    """Log `scorecard` (object or its JSON dict) to MLflow run `run_id` under eval/<name>/."""
+def log_scorecard(
+    scorecard: Scorecard | dict, run_id: str, name: str, tracking_uri: str | None = None
+) -> None:
+    """Log `scorecard` (object or its JSON dict) to MLflow run `run_id` under eval/<name>/.
+
+    tracking_uri: the store holding the run (default: MLflow's current tracking URI).
+    """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     card = scorecard if isinstance(scorecard, Scorecard) else Scorecard.from_dict(scorecard)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=tracking_uri)
     prefix = f"eval/{name}"
     client.log_dict(run_id, card.to_dict(), f"{prefix}/{JSON_NAME}")
     with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
@@ -38,8 +43,10 @@ def log_scorecard(scorecard: Scorecard | dict, run_id: str, name: str) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(_metric_name(prefix, k), float(v), now, 0) for k, v in card.metrics.items()]
     metrics += [
-        Metric(_metric_name(prefix, "refusal_rate", cat), float(row["refusal_rate"]), now, 0)
+        Metric(_metric_name(prefix, key, cat), float(row[key]), now, 0)
         for cat, row in card.per_category.items()
+        for key in ("refusal_rate", "pair_accuracy")
+        if key in row
     ]
     for i in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[i : i + 1000])

@@ -206,21 +206,26 @@ def _download(ref: str, tracking_uri: str | None, dst: Path) -> Path:
         if ref.startswith(("models:/", "runs:/")):
             return Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=ref, dst_path=str(dst), tracking_uri=tracking_uri
+                    artifact_uri=ref,
+                    dst_path=str(dst),
+                    tracking_uri=tracking_uri,
+                    registry_uri=tracking_uri,
                 )
             )
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         run = client.get_run(ref)
-        models = mlflow.search_logged_models(
+        models = client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
             filter_string=f"source_run_id = '{ref}'",
-            output_format="list",
         )
         if models:
             uri = f"models:/{models[0].model_id}"
             return Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri
+                    artifact_uri=uri,
+                    dst_path=str(dst),
+                    tracking_uri=tracking_uri,
+                    registry_uri=tracking_uri,
                 )
             )
         return Path(

@@ -21,7 +21,6 @@ from vlalign.evaluation.validity import Validity, text_validity
 from vlalign.evaluation.worker import EvalJob, evaluate_slice, iter_eval_samples
 
 N_SAMPLES = 8  # rows kept in the scorecard's "samples"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
 def _is_url(location: str) -> bool:
@@ -98,8 +97,8 @@ def evaluate(
     recipe: decoding (eval.*), max_length (data.max_length), the model section for built-ins and
     adapters without a recorded base; default Recipe(). num_workers: Ray workers (default
     recipe.eval.num_workers; 1 runs in this process). tracking: an MLflow run id to log the
-    scorecard to (under eval/<name>/). tracking_uri: default recipe.tracking.uri or the local
-    store sqlite:///mlruns/mlflow.db.
+    scorecard to (under eval/<name>/). tracking_uri: default recipe.tracking.uri or the
+    embedded store ./mlruns/mlflow.db (vlalign.tracking.store.resolve_store).
     """
     recipe = recipe or Recipe()
     ev = recipe.eval
@@ -113,7 +112,9 @@ def evaluate(
     num_workers = num_workers or ev.num_workers
     if num_workers < 1:
         raise VlalignError(f"--workers must be >= 1, got {num_workers}")
-    uri = tracking_uri or recipe.tracking.uri or DEFAULT_TRACKING_URI
+    from vlalign.tracking.store import resolve_store
+
+    uri = resolve_store(tracking_uri or recipe.tracking.uri).uri
     out_dir = Path(out_dir)
 
     digest, n_prompts = check_data(data, split, max_samples)
@@ -195,12 +196,9 @@ def evaluate(
         "".join(json.dumps(_row_json(r)) + "\n" for r in rows), encoding="utf-8"
     )
     if tracking:
-        import mlflow
-
         from vlalign.evaluation.mlflow_log import log_scorecard
 
-        mlflow.set_tracking_uri(uri)
-        log_scorecard(card, tracking, name)
+        log_scorecard(card, tracking, name, tracking_uri=uri)
     return card
 
 
