@@ -149,3 +149,13 @@ def test_invalid_texts(text, reason):
 )
 def test_valid_texts(text):
     assert text_validity(text).valid, text_validity(text)
+
+
+def test_default_detector_agrees_with_the_synthetic_data():
+    """Every refusal phrasing `vlalign data synth` writes is a refusal; no helpful one is."""
+    from data_pipeline.synth import HELPFUL, REFUSALS
+
+    d = PhraseRefusalDetector()
+    assert d.is_refusal(list(REFUSALS)) == [True] * len(REFUSALS)
+    assert d.is_refusal(list(HELPFUL)) == [False] * len(HELPFUL)
+    assert all(text_validity(t).valid for t in (*REFUSALS, *HELPFUL))

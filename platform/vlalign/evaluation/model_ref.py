@@ -14,7 +14,8 @@ References (`resolve_model_ref`):
 An adapter's base model is, in this order: `vlalign_export.json`'s base_model (written by the
 tracking area beside the export), a `recipe.yaml` found with it, adapter_config.json's
 `base_model_name_or_path` when that is a local directory (a materialized built-in is recognised
-and rebuilt from its spec), then the `--recipe`'s model section.
+and rebuilt from its spec, even from its folder name alone), then the `--recipe`'s model
+section, and without a recipe the recorded name as a hub id.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def _recorded_base(root: Path, adapter: Path, recipe: Recipe | None) -> ModelCon
         if bdir.is_dir() and (bdir / "config.json").is_file():
             family = recipe.model.family if recipe else "auto"
             return ModelConfig(name=str(bdir), family=family)
+        if recipe is None:  # a hub id (or a path from another machine): try it as a hub id
+            return ModelConfig(name=base)
     return recipe.model if recipe else None
 
 
