@@ -29,7 +29,7 @@ from vlalign.config.schema import (
     TrackingConfig,
 )
 
-SERVER_START_TIMEOUT_S = 90
+SERVER_START_TIMEOUT_S = 240
 
 
 def free_port() -> int:
@@ -53,12 +53,18 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], health_url: str, log_path: Path, env: dict | None = None):
-    """Start `cmd` in its own process group, wait for `health_url`, stop the group after."""
+def running(
+    cmd: list[str],
+    health_url: str,
+    log_path: Path,
+    env: dict | None = None,
+    cwd: Path | None = None,
+):
+    """Start `cmd` (in `cwd`) in its own process group, wait for `health_url`, stop the group."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
         try:
             try:

@@ -271,3 +271,25 @@ def test_reloaded_policy_matches_the_exported_one(export, tmp_path):
             base = loaded.model(input_ids=ids, **p.image_inputs).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert (got - base).abs().max() > 1e-3
+
+
+def test_merged_export_loads_as_a_full_model(export, tmp_path):
+    """train.export: merged -> a full model dir (config.json + safetensors + processor); the
+    loader takes it as is, and its logits equal the adapter model's."""
+    import copy
+
+    from vlalign.models.inputs import ChatEncoder
+    from vlalign.tracking.pyfunc_model import export_kind, load_policy
+
+    merged_dir = tmp_path / "merged"
+    copy.deepcopy(export.model).merge_and_unload().save_pretrained(merged_dir)
+    export.processor.save_pretrained(merged_dir)
+    assert export_kind(merged_dir) == "merged"
+    loaded = load_policy(merged_dir, export.recipe)
+    enc = ChatEncoder(export.processor, "llava", 128)
+    p = enc.encode_prompt([decode_image(png_bytes(), 0)], "What is shown?")
+    ids = p.input_ids.unsqueeze(0)
+    with torch.no_grad():
+        want = export.model(input_ids=ids, **p.image_inputs).logits
+        got = loaded.model(input_ids=ids, **p.image_inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -49,9 +49,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     versions = list_versions(store, args.name)
     table = Table(title=f"{args.name}  ({store.uri})")
     for col in ("version", "aliases", "created", "method", "promotion"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for _, label in HEADLINE_COLUMNS:
-        table.add_column(label, justify="right")
+        table.add_column(label, justify="right", no_wrap=True)
     for v in versions:
         table.add_row(
             v.version,
@@ -61,7 +61,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             v.promotion,
             *(f"{v.metrics[k]:.3f}" if k in v.metrics else "-" for k, _ in HEADLINE_COLUMNS),
         )
-    Console(width=max(120, Console().width)).print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: one line per version, never wrapped at 80 columns
+        console = Console(width=200)
+    console.print(table)
     history = model_tag_json(store, args.name, HISTORY_TAG, [])
     print(f"previous champions (oldest first): {', '.join(map(str, history)) or '-'}")
     return 0
