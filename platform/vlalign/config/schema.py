@@ -140,7 +140,9 @@ class MethodConfig(Section):
         0.0, ge=0.0, lt=0.5, description="Conservative/robust DPO: assumed preference-label noise."
     )
     gamma: float = Field(
-        0.5, ge=0.0, description="SimPO target reward margin (gamma / beta ratio form)."
+        0.5,
+        ge=0.0,
+        description="SimPO target reward margin (the margin itself, as TRL's simpo_gamma).",
     )
     nll_weight: float = Field(
         0.0, ge=0.0, description="Weight of an NLL term on the chosen answer (RPO); 0 disables it."
@@ -148,6 +150,10 @@ class MethodConfig(Section):
     reference: Literal["adapter_disabled", "frozen_copy", "precomputed", "none"] = Field(
         "adapter_disabled",
         description="DPO reference: LoRA disabled (no copy), a frozen copy, cached log-probs, or none.",
+    )
+    reference_cache_dir: str | None = Field(
+        None,
+        description="Where precomputed reference log-probs are cached (default ~/.cache/vlalign/reference-logps).",
     )
     reward_margin: float = Field(
         0.0, ge=0.0, description="Reward model: margin in the pairwise loss."

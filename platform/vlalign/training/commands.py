@@ -22,6 +22,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from vlalign.orchestration.ray_train import run_on_ray
 
         result = run_on_ray(recipe, address=args.address)
+    from vlalign.pipeline import finish_run
+
+    fin = finish_run(recipe, result, evaluate_export=not args.no_eval)
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"done: {recipe.name}: {len(result.losses)} steps this run, final loss {last.get('loss', float('nan')):.4f}"
@@ -30,6 +33,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  exported   {result.export_dir}")
     if result.checkpoint_dir:
         print(f"  checkpoint {result.checkpoint_dir}")
+    if fin.scorecard:
+        m = fin.scorecard["metrics"]
+        print(
+            f"  safety     harmful refusal {m.get('harmful_refusal_rate', float('nan')):.3f}, "
+            f"benign refusal {m.get('benign_refusal_rate', float('nan')):.3f} ({fin.scorecard_path})"
+        )
+    if fin.version:
+        state = (
+            "promoted to champion"
+            if fin.promoted
+            else (f"not promoted: {fin.refusal}" if fin.refusal else "alias candidate")
+        )
+        print(f"  registry   {recipe.tracking.registered_model} v{fin.version}: {state}")
     if result.run_id:
         print(f"  mlflow run {result.run_id}  (see it with `vlalign ui`)")
     return 0

@@ -75,7 +75,7 @@ def _tracker(recipe: Recipe, ctx: TrainContext):
         return None
     from vlalign.tracking.run_logger import RunLogger
 
-    return RunLogger(recipe)
+    return RunLogger(recipe, rank=ctx.rank)
 
 
 def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult:
@@ -125,7 +125,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     tracker = _tracker(recipe, ctx)
     run_id = tracker.start(resume_run_id=tstate.run_id) if tracker else tstate.run_id
     tstate.run_id = run_id
-    if tracker:
+    if tracker and restore is None:
         tracker.log_dataset(data.train_location, data.manifest)
 
     position = tstate.data_positions.get(str(rank), 0)

@@ -103,7 +103,12 @@ def load_or_compute(
     if data.digest is None:
         raise VlalignError("method.reference: precomputed needs shards with a manifest digest")
     inputs = cache_inputs(recipe, built, encoder, data.digest)
-    path = default_cache_dir() / f"{cache_key(inputs)}.json"
+    root = (
+        Path(recipe.method.reference_cache_dir)
+        if recipe.method.reference_cache_dir
+        else default_cache_dir()
+    )
+    path = root / f"{cache_key(inputs)}.json"
     if not path.is_file():
         opts = PairOptions(
             share_vision=recipe.method.share_vision, chunk_size=recipe.method.logprob_chunk

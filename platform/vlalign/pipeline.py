@@ -1,0 +1,71 @@
+"""After training (driver side): evaluate the export, then log, register and maybe promote it.
+
+`finish_run(recipe, result)` is what `vlalign run` does once the loop (local or on Ray) returns:
+the safety evaluation of the exported policy on the recipe's eval shards (or the synthesized
+eval split) writes a scorecard under `<output_dir>/eval/final/`; the same MLflow run is resumed
+to log the scorecard and the model, register a version (alias `candidate`) when the recipe names
+a registered model, and try promotion when `promotion.auto` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlalign.config.schema import Recipe
+from vlalign.training.context import TrainResult
+
+
+@dataclass
+class FinishResult:
+    scorecard: dict | None
+    scorecard_path: Path | None
+    model_uri: str | None = None
+    version: str | None = None
+    promoted: bool = False
+    refusal: str | None = None
+
+
+def eval_location(recipe: Recipe) -> str | None:
+    """The eval shards of a run: eval.data, data.eval, or the synthesized set's eval split."""
+    from vlalign.training.data import synth_location
+
+    if recipe.eval.data or recipe.data.eval:
+        return recipe.eval.data or recipe.data.eval
+    if recipe.data.train is None:
+        return str(synth_location(recipe))
+    return None
+
+
+def finish_run(recipe: Recipe, result: TrainResult, evaluate_export: bool = True) -> FinishResult:
+    """Evaluate the export (when eval data exists) and publish it to MLflow."""
+    card, card_path = None, None
+    data = eval_location(recipe)
+    if evaluate_export and result.export_dir is not None and data is not None:
+        from vlalign.evaluation.runner import evaluate
+
+        out = Path(recipe.output_dir) / "eval" / "final"
+        sc = evaluate(
+            str(result.export_dir), data, recipe, out_dir=out, num_workers=1, name="final"
+        )
+        card = sc.to_dict() if hasattr(sc, "to_dict") else sc
+        card_path = out / "scorecard.json"
+    fin = FinishResult(scorecard=card, scorecard_path=card_path)
+    if not (recipe.tracking.enabled and result.run_id):
+        return fin
+    from vlalign.tracking.run_logger import RunLogger
+
+    logger = RunLogger(recipe)
+    logger.start(resume_run_id=result.run_id)
+    try:
+        pub = logger.log_export(
+            result.export_dir, card_path if card_path and card_path.is_file() else card
+        )
+    except BaseException as e:
+        logger.fail(e)
+        raise
+    logger.finish()
+    fin.model_uri, fin.version = pub.model_uri, pub.version
+    fin.promoted = pub.promoted is not None
+    fin.refusal = str(pub.refused) if pub.refused is not None else None
+    return fin
