@@ -9,8 +9,11 @@ read from the registered model.)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,13 +143,33 @@ def version_by_alias(store: Store, name: str, alias: str) -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def _quiet_download() -> Iterator[None]:
+    """No MLflow progress bar while fetching a few small files (scorecard, recipe)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _download(store: Store, run_id: str, path: str, dst: str) -> str:
+    with _quiet_download():
+        return client_for(store).download_artifacts(run_id, path, dst)
+
+
 def scorecard_metrics(store: Store, mv) -> dict[str, float]:
     """A version's scorecard metrics: its run's eval/<name>/scorecard.json, else its tags."""
     name = mv.tags.get(TAG_SCORECARD_NAME)
     if mv.run_id and name:
         with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
             try:
-                path = client_for(store).download_artifacts(mv.run_id, sc.artifact_path(name), tmp)
+                path = _download(store, mv.run_id, sc.artifact_path(name), tmp)
             except Exception:  # artifact store unreachable or file absent: fall back to tags
                 path = None
             if path:
@@ -162,7 +185,7 @@ def run_recipe(store: Store, run_id: str) -> Recipe:
 
     with tempfile.TemporaryDirectory(prefix="vlalign-recipe-") as tmp:
         try:
-            path = client_for(store).download_artifacts(run_id, RECIPE_ARTIFACT, tmp)
+            path = _download(store, run_id, RECIPE_ARTIFACT, tmp)
         except Exception as e:
             raise VlalignError(f"run {run_id} has no {RECIPE_ARTIFACT} artifact: {e}") from None
         text = Path(path).read_text()

@@ -134,3 +134,16 @@ def client_for(store: Store):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+
+
+def pin_store(recipe, base_dir: str | Path | None = None):
+    """Driver side, before workers start: create the recipe's store once and return a copy of
+    the recipe whose tracking.uri is absolute, so that workers (whose cwd differs, e.g. under
+    Ray) log to the same store. A recipe with tracking disabled is returned unchanged."""
+    if not recipe.tracking.enabled:
+        return recipe
+    store = resolve_store(recipe.tracking.uri, base_dir)
+    prepare_store(store)
+    pinned = recipe.model_copy(deep=True)
+    pinned.tracking.uri = store.uri
+    return pinned
