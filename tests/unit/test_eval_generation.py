@@ -169,3 +169,31 @@ def test_reward_scores_match_the_training_forward(model_cache):
                 want = rm(ids, torch.ones_like(ids), **ex["image_inputs"])[0].item()
             assert value == pytest.approx(want, abs=1e-6)
     assert got[0] != got[1]
+
+
+def test_generative_judge_loads_like_any_model(model_cache, monkeypatch):
+    """A built-in VLM as a text-only judge: asked the judge question per answer; its reply
+    decides (a random model rarely says "yes", so the reply itself is checked, not the verdict)."""
+    from vlalign.evaluation import generation
+    from vlalign.evaluation.refusal import JUDGE_QUESTION, make_detector
+
+    seen: list[list[str]] = []
+    real = generation.generate
+
+    def spy(model, encoder, samples, settings, progress=None):
+        seen.append([s["prompt"] for s in samples])
+        assert all(s["images"] == [] for s in samples)
+        return real(model, encoder, samples, settings, progress)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    judge = make_detector("judge", "tiny-llava", cache_dir=model_cache, batch_size=2)
+    assert judge.kind == "generative"
+    flags = judge.is_refusal(["I can't help.", "Sure, here you go.", "No."])
+    assert len(flags) == 3 and all(isinstance(f, bool) for f in flags)
+    assert seen == [
+        [
+            JUDGE_QUESTION.format(answer="I can't help."),
+            JUDGE_QUESTION.format(answer="Sure, here you go."),
+        ],
+        [JUDGE_QUESTION.format(answer="No.")],
+    ]

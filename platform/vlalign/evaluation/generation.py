@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from vlalign.errors import DataError
-from vlalign.models.inputs import TEXT_KEYS, ChatEncoder
+from vlalign.models.inputs import ChatEncoder
 
 NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 
@@ -109,11 +109,7 @@ def generate(
     for start in range(0, len(samples), settings.batch_size):
         batch = samples[start : start + settings.batch_size]
         inputs = _batch_inputs(encoder, batch)
-        inputs = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v
-            for k, v in inputs.items()
-            if k in TEXT_KEYS or isinstance(v, torch.Tensor)
-        }
+        inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         gen_kw: dict = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample)
         if settings.do_sample:
             gen_kw.update(temperature=settings.temperature, top_p=settings.top_p)
