@@ -7,6 +7,7 @@ The model is logged and registered by the tracking area's own code, as a trainin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -90,3 +91,25 @@ def test_unknown_registered_model_is_a_clear_error(tmp_path, logged):
         evaluate("models:/nope@champion", str(data), recipe, tmp_path / "x")
     with pytest.raises(VlalignError, match="not found in MLflow"):
         evaluate("0" * 32, str(data), recipe, tmp_path / "y")
+
+
+def test_worker_downloads_again_when_the_driver_copy_is_not_there(tmp_path, logged):
+    """A Ray worker on another node does not see the driver's download: it fetches its own."""
+    import shutil
+
+    from vlalign.evaluation.generation import GenerationSettings
+    from vlalign.evaluation.model_ref import resolve_model_ref
+    from vlalign.evaluation.worker import EvalJob, _local_spec
+
+    recipe, data, _, _ = logged
+    ref = f"models:/{NAME}@candidate"
+    spec = resolve_model_ref(ref, recipe, recipe.tracking.uri, tmp_path / "driver")
+    job = EvalJob(spec, str(data), "eval", GenerationSettings(), tracking_uri=recipe.tracking.uri)
+    assert _local_spec(job) is spec  # files present: used as they are
+    shutil.rmtree(tmp_path / "driver")
+    local = _local_spec(job)
+    assert local.path != spec.path and Path(local.path, "adapter_config.json").is_file()
+    assert local.base == spec.base and local.kind == "adapter"
+    spec.ref = spec.path = "/nowhere/model"  # a local path the worker's machine lacks
+    with pytest.raises(VlalignError, match="does not exist on this worker"):
+        _local_spec(job)

@@ -129,6 +129,7 @@ def evaluate(
         max_length=recipe.data.max_length,
         max_samples=max_samples,
         logprob_chunk=recipe.method.logprob_chunk,
+        tracking_uri=uri,
     )
     detector = detector or make_detector(
         ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir

@@ -30,6 +30,7 @@ class EvalJob:
     max_samples: int | None = None
     logprob_chunk: int = 1024
     device: str | None = None
+    tracking_uri: str | None = None
 
 
 def check_eval_sample(sample: dict, data: str) -> None:
@@ -74,6 +75,29 @@ def _device(job: EvalJob) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _local_spec(job: EvalJob) -> ModelSpec:
+    """The job's model spec, re-resolved on this machine when its files are not here (a worker
+    on another node of a cluster: MLflow models are downloaded again, into a temp folder)."""
+    from pathlib import Path
+
+    from vlalign.errors import VlalignError
+    from vlalign.evaluation.model_ref import resolve_model_ref
+
+    spec = job.spec
+    if spec.path is None or Path(spec.path).exists():
+        return spec
+    if spec.ref.startswith(("models:/", "runs:/")) or len(spec.ref) == 32:
+        again = resolve_model_ref(spec.ref, None, job.tracking_uri)
+        if spec.kind == "adapter":  # keep the base the driver resolved (recipe, cache dir)
+            again.base = spec.base
+        else:  # the model itself now lives in the new download
+            again.base = again.base.model_copy(
+                update={"family": spec.base.family, "dtype": spec.base.dtype}
+            )
+        return again
+    raise VlalignError(f"--model {spec.ref}: {spec.path} does not exist on this worker's machine")
+
+
 def evaluate_slice(
     job: EvalJob,
     worker: int = 0,
@@ -92,7 +116,7 @@ def evaluate_slice(
     from vlalign.models.inputs import ChatEncoder
 
     torch.manual_seed(job.settings.seed)
-    loaded = load_model(job.spec, _device(job))
+    loaded = load_model(_local_spec(job), _device(job))
     encoder = ChatEncoder(loaded.processor, loaded.family, job.max_length)
     pair_kind = pair_kind_of(loaded)
     generates = loaded.reward_model is None
