@@ -33,11 +33,7 @@ from vlalign.models.inputs import IGNORE_INDEX
 
 def pad_right(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
     """[B, T] from B 1-d tensors, right-padded with `value`."""
-    t = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), t), value, dtype=seqs[0].dtype)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
 
 def _stack_padded(parts: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
@@ -77,9 +73,13 @@ def collate_images(image_inputs: list[dict[str, torch.Tensor]]) -> dict[str, tor
 
 def _sequences(examples: list[dict], prefix: str, pad_id: int) -> dict[str, torch.Tensor]:
     ids = [ex[f"{prefix}input_ids"] for ex in examples]
+    lengths = torch.tensor([len(s) for s in ids])
+    input_ids = pad_right(ids, pad_id)
     out = {
-        f"{prefix}input_ids": pad_right(ids, pad_id),
-        f"{prefix}attention_mask": pad_right([torch.ones_like(s) for s in ids], 0),
+        f"{prefix}input_ids": input_ids,
+        f"{prefix}attention_mask": (
+            torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
+        ).long(),
         f"{prefix}labels": pad_right([ex[f"{prefix}labels"] for ex in examples], IGNORE_INDEX),
     }
     mm = f"{prefix}mm_token_type_ids"

@@ -12,14 +12,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from data_pipeline.synth import synthesize
 
     summary = synthesize(
-        args.out, pairs=args.pairs, seed=args.seed, eval_pairs=args.eval_pairs,
-        image_size=args.image_size, shard_samples=args.shard_samples, overwrite=args.overwrite,
+        args.out,
+        pairs=args.pairs,
+        seed=args.seed,
+        eval_pairs=args.eval_pairs,
+        image_size=args.image_size,
+        shard_samples=args.shard_samples,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(f"wrote {summary['out']}  digest {summary['dataset_digest']}")
     for name, s in summary["splits"].items():
         cats = ", ".join(f"{k} {v}" for k, v in s["categories"].items())
-        print(f"  {name:<6} {s['kind']:<10} {s['samples']:>6} samples, {s['shards']} shards  ({cats})")
+        print(
+            f"  {name:<6} {s['kind']:<10} {s['samples']:>6} samples, {s['shards']} shards  ({cats})"
+        )
     return 0
 
 
@@ -27,10 +34,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from data_pipeline.converters import convert
 
     r = convert(
-        args.format, args.src, args.out, split=args.split, kind=args.kind,
-        image_root=args.image_root, meta=args.meta, label=args.label, on_error=args.on_error,
-        limit=args.limit, max_samples=args.shard_samples, max_bytes=args.shard_bytes,
-        overwrite=args.overwrite, progress=not args.quiet,
+        args.format,
+        args.src,
+        args.out,
+        split=args.split,
+        kind=args.kind,
+        image_root=args.image_root,
+        meta=args.meta,
+        label=args.label,
+        on_error=args.on_error,
+        limit=args.limit,
+        max_samples=args.shard_samples,
+        max_bytes=args.shard_bytes,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(
         f"wrote split {r['split']} ({r['kind']}) of {r['out']}: {r['samples']} samples, "
@@ -79,10 +96,14 @@ def register(subparsers) -> None:
     p = sub.add_parser("synth", help="write the image-conditioned safety data set")
     p.add_argument("out", help="output shard-set directory")
     p.add_argument("--pairs", type=int, default=512, help="training preference pairs (default 512)")
-    p.add_argument("--eval-pairs", type=int, default=None, help="eval samples (default max(64, pairs/4))")
+    p.add_argument(
+        "--eval-pairs", type=int, default=None, help="eval samples (default max(64, pairs/4))"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (the output is deterministic from it)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
-    p.add_argument("--shard-samples", type=int, default=DEFAULT_MAX_SAMPLES, help="samples per shard")
+    p.add_argument(
+        "--shard-samples", type=int, default=DEFAULT_MAX_SAMPLES, help="samples per shard"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
@@ -94,13 +115,22 @@ def register(subparsers) -> None:
     p.add_argument("src", help="source file or directory")
     p.add_argument("out", help="output shard-set directory (other splits in it are kept)")
     p.add_argument("--split", default="train", help="split name to write (default train)")
-    p.add_argument("--kind", choices=["sft", "preference", "eval"], help="record kind (default per format)")
+    p.add_argument(
+        "--kind", choices=["sft", "preference", "eval"], help="record kind (default per format)"
+    )
     p.add_argument("--image-root", help="folder image paths are relative to")
     p.add_argument("--meta", help="spa-vl: meta.json joining categories by image name")
     p.add_argument("--label", choices=["harmful", "benign"], help="spa-vl eval rows: their label")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="bad rows: stop or skip (counted)")
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="bad rows: stop or skip (counted)",
+    )
     p.add_argument("--limit", type=int, help="convert at most this many samples")
-    p.add_argument("--shard-samples", type=int, default=DEFAULT_MAX_SAMPLES, help="samples per shard")
+    p.add_argument(
+        "--shard-samples", type=int, default=DEFAULT_MAX_SAMPLES, help="samples per shard"
+    )
     p.add_argument("--shard-bytes", type=int, default=DEFAULT_MAX_BYTES, help="bytes per shard")
     p.add_argument("--overwrite", action="store_true", help="replace the split if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

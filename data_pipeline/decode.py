@@ -28,7 +28,9 @@ def load_json(raw: dict) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{where(raw)}: record is not UTF-8 ({e.reason} at byte {e.start})") from None
+        raise DataError(
+            f"{where(raw)}: record is not UTF-8 ({e.reason} at byte {e.start})"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -38,9 +40,9 @@ def load_json(raw: dict) -> Any:
 def decode_image(data: bytes, name: str, raw: dict) -> Image.Image:
     """Fully decode one encoded image to RGB (truncated or corrupt data raise)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return im if im.mode == "RGB" else im.convert("RGB")
     except Exception as e:
         raise DataError(
             f"{where(raw)}: image {name} does not decode ({e.__class__.__name__}: {e})"

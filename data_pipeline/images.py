@@ -15,7 +15,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Distractor colours stay away from the cue colours (no pure reds, greens, blues, yellows...).
-_DISTRACTOR_COLOURS = [(128, 128, 128), (150, 110, 80), (90, 120, 130), (170, 160, 150), (110, 100, 140)]
+_DISTRACTOR_COLOURS = [
+    (128, 128, 128),
+    (150, 110, 80),
+    (90, 120, 130),
+    (170, 160, 150),
+    (110, 100, 140),
+]
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,19 @@ def _blob(cx: float, cy: float, r: float, rng: random.Random) -> list[tuple[floa
     return pts
 
 
-def draw_cue(draw: ImageDraw.ImageDraw, cue: Cue, cx: float, cy: float, r: float, rng: random.Random) -> None:
+def draw_cue(
+    draw: ImageDraw.ImageDraw, cue: Cue, cx: float, cy: float, r: float, rng: random.Random
+) -> None:
     c = cue.colour
     if cue.shape == "triangle":
         rot = rng.uniform(-0.3, 0.3)
-        pts = [(cx + r * math.sin(rot + k * 2 * math.pi / 3), cy - r * math.cos(rot + k * 2 * math.pi / 3)) for k in range(3)]
+        pts = [
+            (
+                cx + r * math.sin(rot + k * 2 * math.pi / 3),
+                cy - r * math.cos(rot + k * 2 * math.pi / 3),
+            )
+            for k in range(3)
+        ]
         draw.polygon(pts, fill=c)
     elif cue.shape == "x":
         w = max(2, round(r / 2.5))

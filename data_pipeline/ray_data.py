@@ -77,8 +77,13 @@ def _raw_rows(batch: dict[str, Any]) -> Iterator[dict]:
 
 
 def iter_ray_samples(
-    data, kind: str, *, batch_size: int = 256, on_error: str = "raise",
-    skips: SkipCounter | None = None, images: bool = True,
+    data,
+    kind: str,
+    *,
+    batch_size: int = 256,
+    on_error: str = "raise",
+    skips: SkipCounter | None = None,
+    images: bool = True,
 ) -> Iterator[dict]:
     """Decoded samples from a Ray Dataset or DataIterator (e.g. a Ray Train dataset shard).
 
@@ -94,7 +99,13 @@ def iter_ray_samples(
 
 
 def iter_ray_batches(
-    data, *, record_kind: str, kind: str, encoder, batch_size: int, on_error: str = "raise",
+    data,
+    *,
+    record_kind: str,
+    kind: str,
+    encoder,
+    batch_size: int,
+    on_error: str = "raise",
     skips: SkipCounter | None = None,
 ) -> Iterator[dict]:
     """Collated training batches (`data_pipeline.collate`) from a Ray Dataset or DataIterator.

@@ -100,7 +100,12 @@ def epoch_order(shards: tuple[ShardRef, ...], seed: int, epoch: int, shuffle: bo
 
 
 def consumer_plan(
-    shards: tuple[ShardRef, ...], *, seed: int, epoch: int, shuffle: bool, consumer: int,
+    shards: tuple[ShardRef, ...],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    consumer: int,
     consumers: int,
 ) -> tuple[list[tuple[ShardRef, int]], bool]:
     """Shards consumer `consumer` reads this epoch, each with its epoch offset, and whether it
@@ -112,14 +117,19 @@ def consumer_plan(
     for s in order:
         offsets.append(off)
         off += s.samples
-    pairs = list(zip(order, offsets))
+    pairs = list(zip(order, offsets, strict=True))
     if len(order) >= consumers:
         return pairs[consumer::consumers], False
     return pairs, True
 
 
 def consumer_epoch_size(
-    shards: tuple[ShardRef, ...], *, seed: int, epoch: int, shuffle: bool, consumer: int,
+    shards: tuple[ShardRef, ...],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    consumer: int,
     consumers: int,
 ) -> int:
     """Samples consumer `consumer` gets in one epoch (from the manifest's counts)."""
@@ -133,8 +143,17 @@ def consumer_epoch_size(
 
 
 def _raw_epoch(
-    ref: SplitRef, *, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
-    consumer: int, consumers: int, on_error: OnError, skips: SkipCounter | None, verify: bool,
+    ref: SplitRef,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    shuffle_buffer: int,
+    consumer: int,
+    consumers: int,
+    on_error: OnError,
+    skips: SkipCounter | None,
+    verify: bool,
 ) -> Iterator[dict]:
     plan, strided = consumer_plan(
         ref.shards, seed=seed, epoch=epoch, shuffle=shuffle, consumer=consumer, consumers=consumers
@@ -144,8 +163,13 @@ def _raw_epoch(
         for shard, offset in plan:
             try:
                 for i, sample in enumerate(
-                    iter_shard(shard.url, shard.name, sha256=shard.sha256,
-                               samples=shard.samples, verify=verify)
+                    iter_shard(
+                        shard.url,
+                        shard.name,
+                        sha256=shard.sha256,
+                        samples=shard.samples,
+                        verify=verify,
+                    )
                 ):
                     if strided and (offset + i) % consumers != consumer:
                         continue
@@ -154,8 +178,13 @@ def _raw_epoch(
             except ShardError as e:
                 lost = e.lost
                 if strided:
-                    lost = len([j for j in range(shard.samples - e.lost, shard.samples)
-                                if (offset + j) % consumers == consumer])
+                    lost = len(
+                        [
+                            j
+                            for j in range(shard.samples - e.lost, shard.samples)
+                            if (offset + j) % consumers == consumer
+                        ]
+                    )
                 handle(e, on_error, skips, max(1, lost))
 
     if shuffle and shuffle_buffer > 1:
@@ -165,16 +194,30 @@ def _raw_epoch(
 
 
 def consumer_stream(
-    ref: SplitRef, *, seed: int = 0, epoch: int = 0, loop: bool = False, shuffle: bool = True,
-    shuffle_buffer: int = 256, consumer: int = 0, consumers: int = 1, skip: int = 0,
-    on_error: OnError = "raise", skips: SkipCounter | None = None, verify: bool = True,
+    ref: SplitRef,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    loop: bool = False,
+    shuffle: bool = True,
+    shuffle_buffer: int = 256,
+    consumer: int = 0,
+    consumers: int = 1,
+    skip: int = 0,
+    on_error: OnError = "raise",
+    skips: SkipCounter | None = None,
+    verify: bool = True,
 ) -> Iterator[dict]:
     """Raw samples of one consumer: epoch `epoch` (and the next ones with `loop`), after
     skipping the first `skip` samples (whole epochs by manifest counts, the rest by reading)."""
     e = epoch
     while True:
         size = consumer_epoch_size(
-            ref.shards, seed=seed, epoch=e, shuffle=shuffle, consumer=consumer,
+            ref.shards,
+            seed=seed,
+            epoch=e,
+            shuffle=shuffle,
+            consumer=consumer,
             consumers=consumers,
         )
         if loop and size == 0:
@@ -187,8 +230,15 @@ def consumer_stream(
         else:
             yielded = 0
             for sample in _raw_epoch(
-                ref, seed=seed, epoch=e, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                consumer=consumer, consumers=consumers, on_error=on_error, skips=skips,
+                ref,
+                seed=seed,
+                epoch=e,
+                shuffle=shuffle,
+                shuffle_buffer=shuffle_buffer,
+                consumer=consumer,
+                consumers=consumers,
+                on_error=on_error,
+                skips=skips,
                 verify=verify,
             ):
                 if skip:
@@ -229,8 +279,15 @@ def iter_samples(
     policy = check_policy(on_error)
     ref = open_split(location, split, kind)
     for raw in consumer_stream(
-        ref, seed=seed, epoch=epoch, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-        consumer=rank, consumers=world_size, on_error=policy, skips=skips,
+        ref,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        consumer=rank,
+        consumers=world_size,
+        on_error=policy,
+        skips=skips,
     ):
         try:
             yield decode_sample(raw, ref.kind, images=images)
@@ -241,9 +298,7 @@ def iter_samples(
 # --- training stream ----------------------------------------------------------------------
 
 
-def windows_per_worker(
-    consumed: int, n_workers: int, limits: list[float]
-) -> tuple[list[int], int]:
+def windows_per_worker(consumed: int, n_workers: int, limits: list[float]) -> tuple[list[int], int]:
     """Windows each worker produced when a DataLoader handed out `consumed` of them, and the
     worker the next window comes from.
 
@@ -275,10 +330,23 @@ class BatchStream(IterableDataset):
     """
 
     def __init__(
-        self, location: str, split: str | None, *, kind: str, encoder, batch_size: int,
-        rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0, loop: bool = True,
-        shuffle: bool = True, shuffle_buffer: int = 256, start_sample: int = 0,
-        on_error: str = "raise", verify: bool = True,
+        self,
+        location: str,
+        split: str | None,
+        *,
+        kind: str,
+        encoder,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        loop: bool = True,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        start_sample: int = 0,
+        on_error: str = "raise",
+        verify: bool = True,
     ) -> None:
         super().__init__()
         if kind not in TRAIN_KINDS:
@@ -318,8 +386,12 @@ class BatchStream(IterableDataset):
             limits = []
             for w in range(n_workers):
                 size = consumer_epoch_size(
-                    self.ref.shards, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
-                    consumer=self.rank * n_workers + w, consumers=self.world_size * n_workers,
+                    self.ref.shards,
+                    seed=self.seed,
+                    epoch=self.epoch,
+                    shuffle=self.shuffle,
+                    consumer=self.rank * n_workers + w,
+                    consumers=self.world_size * n_workers,
                 )
                 limits.append(-(-size // self.batch_size))
         taken, nxt = windows_per_worker(consumed, n_workers, limits)
@@ -339,10 +411,18 @@ class BatchStream(IterableDataset):
         collate = partial(COLLATE[self.kind], pad_id=pad_id)
         logical, skip = self._assignment(worker, n_workers)
         raw_iter = consumer_stream(
-            self.ref, seed=self.seed, epoch=self.epoch, loop=self.loop, shuffle=self.shuffle,
-            shuffle_buffer=self.shuffle_buffer, consumer=self.rank * n_workers + logical,
-            consumers=self.world_size * n_workers, skip=skip,
-            on_error=self.on_error, skips=skips, verify=self.verify,
+            self.ref,
+            seed=self.seed,
+            epoch=self.epoch,
+            loop=self.loop,
+            shuffle=self.shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+            consumer=self.rank * n_workers + logical,
+            consumers=self.world_size * n_workers,
+            skip=skip,
+            on_error=self.on_error,
+            skips=skips,
+            verify=self.verify,
         )
         window: list[dict] = []
         for raw in raw_iter:
@@ -382,15 +462,40 @@ class TrainLoader:
     """
 
     def __init__(
-        self, location: str, split: str | None = None, *, kind: str, encoder, batch_size: int,
-        rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0,
-        epoch: int = 0, loop: bool = True, shuffle: bool = True, shuffle_buffer: int = 256,
-        start_sample: int = 0, on_error: str = "raise", verify: bool = True,
+        self,
+        location: str,
+        split: str | None = None,
+        *,
+        kind: str,
+        encoder,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        epoch: int = 0,
+        loop: bool = True,
+        shuffle: bool = True,
+        shuffle_buffer: int = 256,
+        start_sample: int = 0,
+        on_error: str = "raise",
+        verify: bool = True,
     ) -> None:
         self.stream = BatchStream(
-            location, split, kind=kind, encoder=encoder, batch_size=batch_size, rank=rank,
-            world_size=world_size, seed=seed, epoch=epoch, loop=loop, shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer, start_sample=start_sample, on_error=on_error,
+            location,
+            split,
+            kind=kind,
+            encoder=encoder,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            epoch=epoch,
+            loop=loop,
+            shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer,
+            start_sample=start_sample,
+            on_error=on_error,
             verify=verify,
         )
         self.num_workers = num_workers

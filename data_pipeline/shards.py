@@ -7,6 +7,7 @@ are compared with the manifest. Problems raise `DataError` naming the shard and 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
@@ -81,10 +82,8 @@ def iter_shard(
         raise fail(f"unreadable or truncated tar ({e.__class__.__name__}: {e})") from None
     finally:
         if not done:
-            try:
+            with contextlib.suppress(Exception):
                 reader.close()
-            except Exception:
-                pass
     # The last sample is held back until the whole shard is checked: a tar cut at a block
     # boundary reads as a shorter valid tar, and only the count / hash tell.
     total = n + (current is not None)

@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_pipeline.decode import decode_image
-from data_pipeline.reader import iter_samples
 from data_pipeline.manifest import load_manifest
+from data_pipeline.reader import iter_samples
 
 RESPONSE_FIELDS = ("response", "chosen", "rejected", "reference")
 
@@ -58,7 +58,9 @@ def _encoder_for(recipe):
 
     source = resolve_source(recipe.model)
     family = detect_family(recipe.model, source)
-    processor = load_processor(source, family, recipe.model.trust_remote_code, recipe.model.revision)
+    processor = load_processor(
+        source, family, recipe.model.trust_remote_code, recipe.model.revision
+    )
     return ChatEncoder(processor, family, max_length=1 << 30)
 
 
@@ -98,8 +100,10 @@ def compute_stats(
                 if s.get(f) is not None:
                     chars[f].append(len(s[f]))
             if encoder is not None:
-                images = [decode_image(d, f"img{i}", {"__key__": s["key"], "__shard__": s["shard"]})
-                          for i, d in enumerate(s["images"])]
+                images = [
+                    decode_image(d, f"img{i}", {"__key__": s["key"], "__shard__": s["shard"]})
+                    for i, d in enumerate(s["images"])
+                ]
                 p = len(encoder.encode_prompt(images, s["prompt"]).input_ids)
                 tokens["prompt"].append(p)
                 for f in RESPONSE_FIELDS:
@@ -134,27 +138,40 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines = [f"{stats['location']}  digest {stats['dataset_digest']}"]
     for name, e in stats["splits"].items():
         lines.append("")
-        lines.append(f"split {name}: {e['samples']} {e['kind']} samples in {e['shards']} shards "
-                     f"({e['bytes'] / 1e6:.1f} MB)")
+        lines.append(
+            f"split {name}: {e['samples']} {e['kind']} samples in {e['shards']} shards "
+            f"({e['bytes'] / 1e6:.1f} MB)"
+        )
         lines.append("  labels     " + ", ".join(f"{k} {v}" for k, v in e["labels"].items()))
-        lines.append(f"  {'category':<24} " + " ".join(f"{k:>8}" for k in ("harmful", "benign", "unknown")))
+        lines.append(
+            f"  {'category':<24} " + " ".join(f"{k:>8}" for k in ("harmful", "benign", "unknown"))
+        )
         for cat, c in e["categories"].items():
-            lines.append(f"  {cat:<24} " + " ".join(f"{c.get(k, 0):>8}" for k in ("harmful", "benign", "unknown")))
-        lines.append("  images/sample  " + ", ".join(f"{k}: {v}" for k, v in e["images_per_sample"].items()))
+            lines.append(
+                f"  {cat:<24} "
+                + " ".join(f"{c.get(k, 0):>8}" for k in ("harmful", "benign", "unknown"))
+            )
+        lines.append(
+            "  images/sample  " + ", ".join(f"{k}: {v}" for k, v in e["images_per_sample"].items())
+        )
         sizes = list(e["image_sizes"].items())
         more = f" (+{len(sizes) - 5} more sizes)" if len(sizes) > 5 else ""
         lines.append("  image sizes    " + ", ".join(f"{k}: {v}" for k, v in sizes[:5]) + more)
         for title, key in (("chars", "chars"), ("tokens", "tokens")):
             if key not in e:
                 continue
-            head = f"  {title:<16}" + "".join(f"{c:>8}" for c in ("min", "p50", "p90", "p99", "max", "mean"))
+            head = f"  {title:<16}" + "".join(
+                f"{c:>8}" for c in ("min", "p50", "p90", "p99", "max", "mean")
+            )
             if key == "tokens":
                 head += f"   > max_length {e['max_length']} ({e['tokenizer']})"
             lines.append(head)
             for field, d in e[key].items():
                 if not d.get("n"):
                     continue
-                row = f"    {field:<14}" + "".join(f"{d[c]:>8g}" for c in ("min", "p50", "p90", "p99", "max", "mean"))
+                row = f"    {field:<14}" + "".join(
+                    f"{d[c]:>8g}" for c in ("min", "p50", "p90", "p99", "max", "mean")
+                )
                 if key == "tokens" and field in e["over_max_length"]:
                     row += f"   {e['over_max_length'][field]}"
                 lines.append(row)

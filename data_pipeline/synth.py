@@ -71,8 +71,12 @@ def _twin(seed: int, stream: str, i: int, image_size: int) -> list[tuple[Cue, An
             (
                 cue,
                 scene(cue, image_size, layout),
-                {"prompt": PROMPTS[template], "chosen": chosen, "rejected": rejected,
-                 "template": template},
+                {
+                    "prompt": PROMPTS[template],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "template": template,
+                },
             )
         )
     return out
@@ -80,8 +84,12 @@ def _twin(seed: int, stream: str, i: int, image_size: int) -> list[tuple[Cue, An
 
 def _meta(cue: Cue, template: int, twin: int) -> Meta:
     return Meta(
-        category=cue.category, source="synth", harmful=cue.harmful, cue=cue.name,
-        template=template, twin=twin,
+        category=cue.category,
+        source="synth",
+        harmful=cue.harmful,
+        cue=cue.name,
+        template=template,
+        twin=twin,
     )
 
 
@@ -128,14 +136,20 @@ def synthesize(
                     meta = _meta(cue, t["template"], i)
                     if split == "train":
                         rec: Any = PreferenceRecord(
-                            prompt=t["prompt"], chosen=t["chosen"], rejected=t["rejected"],
+                            prompt=t["prompt"],
+                            chosen=t["chosen"],
+                            rejected=t["rejected"],
                             meta=meta,
                         )
                     else:
                         rec = EvalRecord(
-                            prompt=t["prompt"], label="harmful" if cue.harmful else "benign",
-                            category=cue.category, reference=t["chosen"], chosen=t["chosen"],
-                            rejected=t["rejected"], meta=meta,
+                            prompt=t["prompt"],
+                            label="harmful" if cue.harmful else "benign",
+                            category=cue.category,
+                            reference=t["chosen"],
+                            chosen=t["chosen"],
+                            rejected=t["rejected"],
+                            meta=meta,
                         )
                     w.write(split, rec, [encode_png(image)], key)
                     counts[split][cue.category] += 1
@@ -148,8 +162,12 @@ def synthesize(
         "out": str(out),
         "dataset_digest": manifest.dataset_digest,
         "splits": {
-            name: {"kind": sp.kind, "samples": sp.samples, "shards": len(sp.shards),
-                   "categories": dict(sorted(counts[name].items()))}
+            name: {
+                "kind": sp.kind,
+                "samples": sp.samples,
+                "shards": len(sp.shards),
+                "categories": dict(sorted(counts[name].items())),
+            }
             for name, sp in manifest.splits.items()
         },
     }

@@ -71,6 +71,32 @@ def produces_mm_token_types(encoder: ChatEncoder) -> bool:
     return cached
 
 
+_PROBE = "VLALIGNPROMPT"
+_CHECKS = ("  What's <b>this</b>?\n{{ x }} {% y %}  ", "Ünïcödé — 中文 'quotes' \"dq\" \\ end")
+
+
+def fast_prompt_text(encoder: ChatEncoder, prompt: str, n_images: int) -> str:
+    """`encoder.prompt_text(prompt, n_images)` without re-rendering the chat template each time.
+
+    The template is rendered once per image count with a probe prompt and split around it; the
+    split is used only when it reproduces the full rendering exactly for awkward check prompts
+    (whitespace, markup, template syntax, quotes, non-ASCII), otherwise the template renders.
+    """
+    cache = encoder.__dict__.setdefault("_vlalign_prompt_affixes", {})
+    affixes = cache.get(n_images)
+    if affixes is None:
+        full = encoder.prompt_text(_PROBE, n_images)
+        affixes = False
+        if full.count(_PROBE) == 1:
+            before, _, after = full.partition(_PROBE)
+            if all(before + c + after == encoder.prompt_text(c, n_images) for c in _CHECKS):
+                affixes = (before, after)
+        cache[n_images] = affixes
+    if affixes is False:
+        return encoder.prompt_text(prompt, n_images)
+    return affixes[0] + prompt + affixes[1]
+
+
 def _finish(encoder: ChatEncoder, ex: dict, key: str, kind: str, prompt_ids: torch.Tensor) -> dict:
     ex["key"] = key
     ex["n_image_tokens"] = int((prompt_ids == encoder.image_token_id).sum())
@@ -175,9 +201,7 @@ def _split_images(
     return out
 
 
-def encode_batch(
-    encoder: ChatEncoder, samples: list[dict], kind: str
-) -> list[dict | DataError]:
+def encode_batch(encoder: ChatEncoder, samples: list[dict], kind: str) -> list[dict | DataError]:
     """Encode many samples with one processor call; per-sample DataError for bad ones.
 
     Gives exactly `encode_one` per sample; falls back to it when the batch cannot be split.
@@ -216,7 +240,9 @@ def _encode_images_batch(
     results: list,
 ) -> None:
     proc = encoder.processor
-    prompts = [encoder.prompt_text(samples[i]["prompt"], len(samples[i]["images"])) for i in todo]
+    prompts = [
+        fast_prompt_text(encoder, samples[i]["prompt"], len(samples[i]["images"])) for i in todo
+    ]
     if encoder.family in _NESTED_IMAGES:
         images: list = [samples[i]["images"] for i in todo]
     else:
@@ -249,8 +275,13 @@ def _encode_images_batch(
             seqs.append(encoder.join(prompt, torch.tensor(resp_ids[r], dtype=torch.long)))
             r += 1
         if kind == "sft":
-            (seq, cut), = seqs
-            ex = {**seq, "image_inputs": prompt.image_inputs, "prompt_len": len(ids), "truncated": cut}
+            ((seq, cut),) = seqs
+            ex = {
+                **seq,
+                "image_inputs": prompt.image_inputs,
+                "prompt_len": len(ids),
+                "truncated": cut,
+            }
         else:
             (c, cut_c), (rj, cut_r) = seqs
             ex = {

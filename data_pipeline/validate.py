@@ -79,7 +79,9 @@ def validate(
             key: str | None = None
             try:
                 for raw in iter_shard(
-                    join(str(location), shard.name), shard.name, sha256=shard.sha256,
+                    join(str(location), shard.name),
+                    shard.name,
+                    sha256=shard.sha256,
                     samples=shard.samples,
                 ):
                     key = raw["__key__"]
@@ -92,9 +94,13 @@ def validate(
                         s = decode_sample(raw, sp.kind)
                         report.images += len(s["images"])
                     except DataError as e:
-                        report.problems.append(Problem(name, shard.name, key, _reason(e, shard.name, key)))
+                        report.problems.append(
+                            Problem(name, shard.name, key, _reason(e, shard.name, key))
+                        )
             except ShardError as e:
-                report.problems.append(Problem(name, shard.name, e.key, _reason(e, shard.name, key)))
+                report.problems.append(
+                    Problem(name, shard.name, e.key, _reason(e, shard.name, key))
+                )
             except DataError as e:  # cannot open
                 report.problems.append(Problem(name, shard.name, None, str(e)))
     bar.close()

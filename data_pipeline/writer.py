@@ -19,6 +19,7 @@ bytes. Tar members carry a fixed mtime so the same data gives the same bytes and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -87,7 +88,7 @@ class _SplitWriter:
     def _open(self) -> None:
         final = f"{self.name}-{len(self.shards):06d}.tar"
         self._tmp = self.directory / f".{final}.tmp-{os.getpid()}"
-        self._file = open(self._tmp, "wb")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close_shard / abort
         self._tar = wds.TarWriter(self._file, mtime=FIXED_MTIME, encoder=False)
         self._count = 0
 
@@ -111,7 +112,7 @@ class _SplitWriter:
             "__key__": key,
             "json": record.model_dump_json(exclude_none=True).encode("utf-8"),
         }
-        for name, data in zip(names, images):
+        for name, data in zip(names, images, strict=True):
             sample[name] = bytes(data)
         size = sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if k != "__key__")
         if self._tar is not None and self._tar.tarstream.offset + size + 1024 > self.max_bytes:
@@ -151,10 +152,8 @@ class _SplitWriter:
 
     def abort(self) -> None:
         if self._tar is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._tar.close()
-            except Exception:
-                pass
         if self._file is not None:
             self._file.close()
         if self._tmp is not None and self._tmp.exists():
@@ -225,9 +224,7 @@ class ShardSetWriter:
             (self.directory / s.name).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
-    def write(
-        self, split: str, record: _Record, images: list[bytes], key: str
-    ) -> None:
+    def write(self, split: str, record: _Record, images: list[bytes], key: str) -> None:
         """Append one sample (record + encoded images) to `split` under `key`."""
         if self.closed:
             raise DataError("writer is closed")

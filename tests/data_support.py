@@ -44,8 +44,11 @@ def refresh_manifest(directory: Path) -> None:
             keys = {n.split(".", 1)[0] for n, _ in members(p)}
             shards.append(
                 s.model_copy(
-                    update={"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                            "samples": len(keys)}
+                    update={
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "bytes": len(data),
+                        "samples": len(keys),
+                    }
                 )
             )
         m.splits[name] = make_split(name, sp.kind, shards)

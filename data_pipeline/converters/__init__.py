@@ -72,7 +72,11 @@ def convert(
     written = 0
     out_kind: str | None = None
     with ShardSetWriter(
-        out, source=fmt, max_samples=max_samples, max_bytes=max_bytes, overwrite=overwrite,
+        out,
+        source=fmt,
+        max_samples=max_samples,
+        max_bytes=max_bytes,
+        overwrite=overwrite,
         info={f"convert.{split}": {"format": fmt, "src": str(src_p)}},
     ) as w:
         for item in module.items(src_p, opts):
@@ -84,7 +88,8 @@ def convert(
             if out_kind is not None and item.record.kind != out_kind:
                 handle(
                     DataError(f"{item.where}: a {item.record.kind} record in a {out_kind} split"),
-                    policy, skips,
+                    policy,
+                    skips,
                 )
                 continue
             try:

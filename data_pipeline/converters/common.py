@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from data_pipeline.schemas import _Record, _format_validation, record_type
+from data_pipeline.schemas import _format_validation, _Record, record_type
 from vlalign.errors import DataError
 
 
@@ -145,7 +145,9 @@ def image_bytes(value: Any, roots: list[Path], where: str) -> bytes:
         if value.get("path"):
             return resolve_path(str(value["path"]), roots, where).read_bytes()
         raise DataError(f"{where}: image has neither bytes nor a path")
-    raise DataError(f"{where}: image must be a path, bytes or {{bytes, path}}, got {type(value).__name__}")
+    raise DataError(
+        f"{where}: image must be a path, bytes or {{bytes, path}}, got {type(value).__name__}"
+    )
 
 
 def require_str(row: dict[str, Any], key: str, where: str, *, allow_empty: bool = False) -> str:

@@ -70,7 +70,11 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
             meta = {"source": "jsonl", **meta}
             if kind == "eval" and "category" in row and "category" not in meta:
                 meta["category"] = row["category"]
-            if kind == "eval" and "harmful" not in meta and row.get("label") in ("harmful", "benign"):
+            if (
+                kind == "eval"
+                and "harmful" not in meta
+                and row.get("label") in ("harmful", "benign")
+            ):
                 meta["harmful"] = row["label"] == "harmful"
             fields = {k: v for k, v in row.items() if k not in _RESERVED and k != "meta"}
             rec = make_record(kind, {**fields, "meta": meta}, where)

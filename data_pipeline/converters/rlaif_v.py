@@ -46,8 +46,11 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
             ds_name = row.get("ds_name")
             if ds_name is not None and not isinstance(ds_name, str):
                 raise DataError(f"{where}: ds_name must be a string")
-            meta: dict[str, Any] = {"category": ds_name or "unknown", "source": "rlaif-v",
-                                    "harmful": False}
+            meta: dict[str, Any] = {
+                "category": ds_name or "unknown",
+                "source": "rlaif-v",
+                "harmful": False,
+            }
             for k in ("origin_dataset", "idx", "image_path"):
                 if row.get(k) is not None:
                     meta[k] = str(row[k])
@@ -58,9 +61,12 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
                     meta["origin_split"] = row["origin_split"]
             rec = make_record(
                 "preference",
-                {"prompt": require_str(row, "question", where),
-                 "chosen": require_str(row, "chosen", where),
-                 "rejected": require_str(row, "rejected", where), "meta": meta},
+                {
+                    "prompt": require_str(row, "question", where),
+                    "chosen": require_str(row, "chosen", where),
+                    "rejected": require_str(row, "rejected", where),
+                    "meta": meta,
+                },
                 where,
             )
             if row.get("image") is None:
@@ -69,5 +75,9 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
         except DataError as e:
             yield e
             continue
-        raw_key = f"{ds_name}-{row['idx']}" if ds_name and row.get("idx") is not None else f"rlaifv-{n:07d}"
+        raw_key = (
+            f"{ds_name}-{row['idx']}"
+            if ds_name and row.get("idx") is not None
+            else f"rlaifv-{n:07d}"
+        )
         yield Item(sanitize_key(raw_key, seen), rec, [data], where)

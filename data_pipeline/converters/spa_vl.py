@@ -86,8 +86,12 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
             if kind == "preference":
                 rec = make_record(
                     "preference",
-                    {"prompt": question, "chosen": require_str(row, "chosen", where),
-                     "rejected": require_str(row, "rejected", where), "meta": meta},
+                    {
+                        "prompt": question,
+                        "chosen": require_str(row, "chosen", where),
+                        "rejected": require_str(row, "rejected", where),
+                        "meta": meta,
+                    },
                     where,
                 )
             else:
@@ -98,8 +102,12 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
                     )
                 rec = make_record(
                     "eval",
-                    {"prompt": question, "label": opts.label, "category": meta["category"],
-                     "meta": meta},
+                    {
+                        "prompt": question,
+                        "label": opts.label,
+                        "category": meta["category"],
+                        "meta": meta,
+                    },
                     where,
                 )
             if "image" not in row or row["image"] is None:

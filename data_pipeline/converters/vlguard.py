@@ -102,8 +102,14 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
             yield e
             continue
         for j, (instr, resp, harmful, category) in enumerate(turns):
-            meta = {"category": category, "source": "vlguard", "harmful": harmful, "id": eid,
-                    "image_path": image, "image_safe": entry["safe"]}
+            meta = {
+                "category": category,
+                "source": "vlguard",
+                "harmful": harmful,
+                "id": eid,
+                "image_path": image,
+                "image_safe": entry["safe"],
+            }
             if not entry["safe"] and isinstance(entry.get("harmful_subcategory"), str):
                 meta["subcategory"] = entry["harmful_subcategory"]
             w = f"{where} instr-resp[{j}]"
@@ -115,8 +121,13 @@ def items(src: Path, opts: Options) -> Iterator[Item | DataError]:
                 else:
                     rec = make_record(
                         "eval",
-                        {"prompt": instr, "label": "harmful" if harmful else "benign",
-                         "category": category, "reference": resp or None, "meta": meta},
+                        {
+                            "prompt": instr,
+                            "label": "harmful" if harmful else "benign",
+                            "category": category,
+                            "reference": resp or None,
+                            "meta": meta,
+                        },
                         w,
                     )
             except DataError as e:

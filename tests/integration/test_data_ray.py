@@ -6,8 +6,8 @@ import pytest
 import torch
 from data_support import encoder_for
 
-from data_pipeline.reader import iter_samples
 from data_pipeline.ray_data import iter_ray_batches, iter_ray_samples, read_ray_dataset
+from data_pipeline.reader import iter_samples
 from data_pipeline.skips import SkipCounter
 from data_pipeline.synth import synthesize
 
@@ -30,12 +30,20 @@ def test_ray_data_reads_what_webdataset_reads(ray_local, tmp_path, model_cache):
     assert got.keys() == expected.keys()
     for k, s in got.items():
         e = expected[k]
-        assert (s["shard"], s["prompt"], s["chosen"], s["meta"]) == (e["shard"], e["prompt"], e["chosen"], e["meta"])
+        assert (s["shard"], s["prompt"], s["chosen"], s["meta"]) == (
+            e["shard"],
+            e["prompt"],
+            e["chosen"],
+            e["meta"],
+        )
         assert s["images"][0].tobytes() == e["images"][0].tobytes()
     enc = encoder_for("tiny-llava", model_cache)
     skips = SkipCounter()
-    batches = list(iter_ray_batches(ds, record_kind="preference", kind="preference", encoder=enc,
-                                    batch_size=8, skips=skips))
+    batches = list(
+        iter_ray_batches(
+            ds, record_kind="preference", kind="preference", encoder=enc, batch_size=8, skips=skips
+        )
+    )
     assert sum(b["n_examples"] for b in batches) == 24 and skips.count == 0
     assert batches[0]["pixel_values"].shape == (8, 3, 32, 32)
     assert batches[0]["chosen_input_ids"].dtype == torch.long

@@ -12,8 +12,25 @@ from vlalign.cli import main
 
 def test_data_commands(tmp_path, capsys, model_cache):
     out = tmp_path / "ds"
-    assert main(["data", "synth", str(out), "--pairs", "12", "--eval-pairs", "4", "--seed", "2",
-                 "--shard-samples", "5", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--pairs",
+                "12",
+                "--eval-pairs",
+                "4",
+                "--seed",
+                "2",
+                "--shard-samples",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "train  preference     12 samples, 3 shards" in text and "eval" in text
     assert main(["data", "synth", str(out), "--pairs", "12"]) == 2  # not empty: one-line error
@@ -23,7 +40,9 @@ def test_data_commands(tmp_path, capsys, model_cache):
     assert "ok: " in capsys.readouterr().out
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"extends: tiny/sft\nmodel: {{cache_dir: {model_cache}}}\ndata: {{max_length: 40}}\n")
+    recipe.write_text(
+        f"extends: tiny/sft\nmodel: {{cache_dir: {model_cache}}}\ndata: {{max_length: 40}}\n"
+    )
     assert main(["data", "stats", str(out), "--recipe", str(recipe), "--json", "--quiet"]) == 0
     stats = json.loads(capsys.readouterr().out)
     train = stats["splits"]["train"]
@@ -46,12 +65,33 @@ def test_data_commands(tmp_path, capsys, model_cache):
 
     src = tmp_path / "rows.jsonl"
     (tmp_path / "a.png").write_bytes(_png())
-    src.write_text(json.dumps({"image": "a.png", "prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
-                   + json.dumps({"image": "a.png", "prompt": "p"}) + "\n")
-    assert main(["data", "convert", "--format", "jsonl", str(src), str(tmp_path / "conv"), "--quiet"]) == 2
+    src.write_text(
+        json.dumps({"image": "a.png", "prompt": "p", "chosen": "c", "rejected": "r"})
+        + "\n"
+        + json.dumps({"image": "a.png", "prompt": "p"})
+        + "\n"
+    )
+    assert (
+        main(["data", "convert", "--format", "jsonl", str(src), str(tmp_path / "conv"), "--quiet"])
+        == 2
+    )
     assert "rows.jsonl line 2" in capsys.readouterr().err
-    assert main(["data", "convert", "--format", "jsonl", str(src), str(tmp_path / "conv"),
-                 "--on-error", "skip", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--format",
+                "jsonl",
+                str(src),
+                str(tmp_path / "conv"),
+                "--on-error",
+                "skip",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "1 samples, 1 skipped" in capsys.readouterr().out
     assert main(["data", "validate", str(tmp_path / "nothing")]) == 2
 

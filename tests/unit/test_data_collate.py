@@ -38,7 +38,10 @@ def _check_sequences(batch: dict, prefix: str, examples: list[dict], enc, pad_id
         assert (labels[i][ids[i] == enc.image_token_id] == IGNORE_INDEX).all()
         assert (ids[i, :p] == enc.image_token_id).sum() == ex["n_image_tokens"] > 0
         if f"{prefix}mm_token_type_ids" in batch:
-            assert torch.equal(batch[f"{prefix}mm_token_type_ids"][i, :n], (ids[i, :n] == enc.image_token_id).long())
+            assert torch.equal(
+                batch[f"{prefix}mm_token_type_ids"][i, :n],
+                (ids[i, :n] == enc.image_token_id).long(),
+            )
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
@@ -50,12 +53,18 @@ def test_collate_shapes_and_masks(samples, model_cache, name):
     pairs = [make_transform(enc, "preference")(s) for s in one]
     b = collate_sft(sft, pad)
     _check_sequences(b, "", sft, enc, pad)
-    assert torch.equal(sft[0]["labels"][sft[0]["prompt_len"]:], enc.encode_response(one[0]["chosen"]))
+    assert torch.equal(
+        sft[0]["labels"][sft[0]["prompt_len"] :], enc.encode_response(one[0]["chosen"])
+    )
     p = collate_pairs(pairs, pad)
     _check_sequences(p, "chosen_", pairs, enc, pad)
     _check_sequences(p, "rejected_", pairs, enc, pad)
-    assert p["keys"] == [s["key"] for s in one] and p["prompt_lens"].tolist() == [e["prompt_len"] for e in pairs]
-    assert p["n_tokens"] == int(p["chosen_attention_mask"].sum() + p["rejected_attention_mask"].sum())
+    assert p["keys"] == [s["key"] for s in one] and p["prompt_lens"].tolist() == [
+        e["prompt_len"] for e in pairs
+    ]
+    assert p["n_tokens"] == int(
+        p["chosen_attention_mask"].sum() + p["rejected_attention_mask"].sum()
+    )
     assert b["n_tokens"] == int(b["attention_mask"].sum()) and b["n_truncated"] == 0
     assert p["n_image_tokens"] == 2 * sum(e["n_image_tokens"] for e in pairs)
     if name == "tiny-llava":  # one image tensor per pair, shared by chosen and rejected
@@ -90,9 +99,14 @@ def test_batched_encoding_equals_per_sample_and_runs_in_the_model(samples, model
     model = build(ModelConfig(name=name, cache_dir=model_cache)).model.eval()
     batch = collate_pairs(encode_batch(enc, samples[:4], "preference"), enc.tokenizer.pad_token_id)
     if name == "tiny-idefics3":
-        assert batch["pixel_values"].shape[:2] == (4, 2) and batch["pixel_attention_mask"].shape[:2] == (4, 2)
-    inputs = {k.removeprefix("chosen_"): v for k, v in batch.items()
-              if isinstance(v, torch.Tensor) and not k.startswith("rejected_") and k != "prompt_lens"}
+        assert batch["pixel_values"].shape[:2] == (4, 2) and batch["pixel_attention_mask"].shape[
+            :2
+        ] == (4, 2)
+    inputs = {
+        k.removeprefix("chosen_"): v
+        for k, v in batch.items()
+        if isinstance(v, torch.Tensor) and not k.startswith("rejected_") and k != "prompt_lens"
+    }
     with torch.no_grad():
         out = model(**inputs)
     assert torch.isfinite(out.loss) and out.logits.shape[:2] == batch["chosen_input_ids"].shape

@@ -35,8 +35,12 @@ def _jpeg(i: int) -> bytes:
 def _write(out: Path, n: int = 8, per_shard: int = 4) -> Path:
     with ShardSetWriter(out, source="test", max_samples=per_shard) as w:
         for i in range(n):
-            rec = PreferenceRecord(prompt=f"p{i}", chosen=f"c{i}", rejected=f"r{i}",
-                                   meta=Meta(source="test", category="x"))
+            rec = PreferenceRecord(
+                prompt=f"p{i}",
+                chosen=f"c{i}",
+                rejected=f"r{i}",
+                meta=Meta(source="test", category="x"),
+            )
             w.write("train", rec, [_jpeg(i)], f"s{i:03d}")
     return out
 
@@ -59,15 +63,22 @@ def _tamper_json(ds: Path, change) -> str:
     key = first_key(shard)
     rec = _record(shard, key)
     data = change(rec)
-    replace_member(shard, f"{key}.json", data if isinstance(data, bytes) else json.dumps(data).encode())
+    replace_member(
+        shard, f"{key}.json", data if isinstance(data, bytes) else json.dumps(data).encode()
+    )
     refresh_manifest(ds)
     return key
 
 
 CORRUPTIONS = {
-    "missing field": (lambda r: {k: v for k, v in r.items() if k != "chosen"}, "chosen: Field required"),
-    "wrong type": (lambda r: {**r, "prompt": 5, "meta": {**r["meta"], "harmful": "yes"}},
-                   "prompt: Input should be a valid string"),
+    "missing field": (
+        lambda r: {k: v for k, v in r.items() if k != "chosen"},
+        "chosen: Field required",
+    ),
+    "wrong type": (
+        lambda r: {**r, "prompt": 5, "meta": {**r["meta"], "harmful": "yes"}},
+        "prompt: Input should be a valid string",
+    ),
     "non-UTF-8": (lambda r: b'{"prompt": "\xff\xfe"}', "not UTF-8"),
     "not JSON": (lambda r: b"{oops", "not valid JSON"),
 }
@@ -95,7 +106,9 @@ def test_bad_jpeg(ds):
     jpg = dict(members(shard))[f"{key}.img0.jpg"]
     replace_member(shard, f"{key}.img0.jpg", jpg[: len(jpg) // 2])
     refresh_manifest(ds)
-    with pytest.raises(DataError, match=rf"shard {shard.name} key '{key}': image img0.jpg does not decode"):
+    with pytest.raises(
+        DataError, match=rf"shard {shard.name} key '{key}': image img0.jpg does not decode"
+    ):
         list(iter_samples(str(ds), "train"))
     skips = SkipCounter()
     assert len(list(iter_samples(str(ds), "train", on_error="skip", skips=skips))) == 7
@@ -134,7 +147,9 @@ def test_hash_mismatch(ds):
     rec = _record(shard, key)
     rec["chosen"] = "tampered"  # still a valid record: only the hash tells
     replace_member(shard, f"{key}.json", json.dumps(rec).encode())
-    with pytest.raises(DataError, match=rf"shard {shard.name}: sha256 .* does not match the manifest"):
+    with pytest.raises(
+        DataError, match=rf"shard {shard.name}: sha256 .* does not match the manifest"
+    ):
         list(iter_samples(str(ds), "train"))
     skips = SkipCounter()
     list(iter_samples(str(ds), "train", on_error="skip", skips=skips))
@@ -160,8 +175,18 @@ def test_every_sample_once_across_2_ranks_x_2_workers(tmp_path, n, per_shard):
     for epoch in (0, 1):
         seen = []
         for c in range(4):  # consumer = rank * 2 + worker
-            seen += [r["__key__"] for r in consumer_stream(
-                ref, seed=7, epoch=epoch, shuffle=True, shuffle_buffer=8, consumer=c, consumers=4)]
+            seen += [
+                r["__key__"]
+                for r in consumer_stream(
+                    ref,
+                    seed=7,
+                    epoch=epoch,
+                    shuffle=True,
+                    shuffle_buffer=8,
+                    consumer=c,
+                    consumers=4,
+                )
+            ]
         assert sorted(seen) == [f"s{i:03d}" for i in range(n)]
 
 
@@ -169,18 +194,24 @@ def test_shuffle_is_seeded_by_seed_and_epoch(tmp_path):
     ref = open_split(str(_write(tmp_path / "ds", 30, 6)), "train")
 
     def order(seed, epoch):
-        return [r["__key__"] for r in consumer_stream(ref, seed=seed, epoch=epoch, shuffle=True,
-                                                      shuffle_buffer=10)]
+        return [
+            r["__key__"]
+            for r in consumer_stream(ref, seed=seed, epoch=epoch, shuffle=True, shuffle_buffer=10)
+        ]
 
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
     assert sorted(order(1, 1)) == sorted(order(2, 0))
-    assert [r["__key__"] for r in consumer_stream(ref, shuffle=False)] == [f"s{i:03d}" for i in range(30)]
+    assert [r["__key__"] for r in consumer_stream(ref, shuffle=False)] == [
+        f"s{i:03d}" for i in range(30)
+    ]
     # looping continues into the next epoch; skipping is exact
     looped = consumer_stream(ref, seed=1, epoch=0, loop=True, shuffle=True, shuffle_buffer=10)
     first = [next(looped)["__key__"] for _ in range(45)]
     assert first[:30] == order(1, 0) and first[30:] == order(1, 1)[:15]
-    resumed = consumer_stream(ref, seed=1, epoch=0, loop=True, shuffle=True, shuffle_buffer=10, skip=33)
+    resumed = consumer_stream(
+        ref, seed=1, epoch=0, loop=True, shuffle=True, shuffle_buffer=10, skip=33
+    )
     assert [next(resumed)["__key__"] for _ in range(12)] == first[33:45]
 
 
@@ -212,9 +243,40 @@ def test_http_s3_and_file_urls(ds, tmp_path, monkeypatch):
     shutil.copytree(ds, bucket / "sets" / "ds")
     fake = tmp_path / "bin" / "aws"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\n# aws s3 cp --only-show-errors s3://B/KEY -\nexec cat "{bucket}/${{4#s3://bucket/}}"\n')
+    fake.write_text(
+        f'#!/bin/sh\n# aws s3 cp --only-show-errors s3://B/KEY -\nexec cat "{bucket}/${{4#s3://bucket/}}"\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr("data_pipeline.sources.has_s3fs", lambda: False)
     assert [s["key"] for s in iter_samples("s3://bucket/sets/ds", "train")] == expected
 
+
+def test_train_loader_counts_skips_in_batches(tmp_path, model_cache):
+    from data_support import encoder_for
+
+    from data_pipeline.reader import TrainLoader
+
+    ds = _write(tmp_path / "ds", 10, 5)
+    key = _tamper_json(ds, lambda r: {**r, "rejected": None})
+    enc = encoder_for("tiny-llava", model_cache)
+    with pytest.raises(DataError, match=rf"key '{key}'.*rejected"):
+        list(
+            TrainLoader(str(ds), "train", kind="preference", encoder=enc, batch_size=4, loop=False)
+        )
+    loader = TrainLoader(
+        str(ds), "train", kind="preference", encoder=enc, batch_size=4, loop=False, on_error="skip"
+    )
+    batches = list(loader)
+    assert sum(b["n_examples"] for b in batches) == 9
+    assert sum(b["n_skipped"] for b in batches) == 1  # reported in the step's batch
+    assert loader.skips.count == 1 and key in loader.skips.reasons[0]
+    assert loader.position == 12  # 3 windows of 4 (the last one partial)
+    sft = next(
+        iter(
+            TrainLoader(
+                str(ds), "train", kind="sft", encoder=enc, batch_size=4, loop=False, on_error="skip"
+            )
+        )
+    )
+    assert sft["input_ids"].shape[0] == sft["n_examples"]

@@ -35,15 +35,29 @@ def test_round_trip_synth_validate_read(synth_dir):
     for i in range(60):  # regenerate what synth wrote and compare field by field, pixel by pixel
         for cue, image, t in _twin(3, "train", i, 32):
             s = got[f"train-{i:06d}-{'h' if cue.harmful else 'b'}"]
-            assert (s["prompt"], s["chosen"], s["rejected"]) == (t["prompt"], t["chosen"], t["rejected"])
-            assert s["meta"] == {"category": cue.category, "source": "synth", "harmful": cue.harmful,
-                                 "cue": cue.name, "template": t["template"], "twin": i}
+            assert (s["prompt"], s["chosen"], s["rejected"]) == (
+                t["prompt"],
+                t["chosen"],
+                t["rejected"],
+            )
+            assert s["meta"] == {
+                "category": cue.category,
+                "source": "synth",
+                "harmful": cue.harmful,
+                "cue": cue.name,
+                "template": t["template"],
+                "twin": i,
+            }
             assert s["images"][0].tobytes() == image.tobytes()
     ev = list(iter_samples(str(out), "eval", kind="eval"))
     assert len(ev) == 48
     for s in ev:
         assert s["label"] == ("harmful" if s["meta"]["harmful"] else "benign")
-        assert s["reference"] == s["chosen"] and s["rejected"] and s["category"] == s["meta"]["category"]
+        assert (
+            s["reference"] == s["chosen"]
+            and s["rejected"]
+            and s["category"] == s["meta"]["category"]
+        )
     assert summary["splits"]["train"]["shards"] == 3
 
 
@@ -76,7 +90,10 @@ def test_eval_images_are_held_out(synth_dir):
     out, _ = synth_dir
 
     def hashes(split):
-        return {hashlib.sha256(s["images"][0].tobytes()).hexdigest() for s in iter_samples(str(out), split)}
+        return {
+            hashlib.sha256(s["images"][0].tobytes()).hexdigest()
+            for s in iter_samples(str(out), split)
+        }
 
     assert not hashes("train") & hashes("eval")
 
@@ -97,5 +114,5 @@ def test_deterministic_from_seed(tmp_path):
 def test_twin_images_differ_only_in_the_cue():
     h = scene(HARMFUL_CUES[0], 32, "t")
     b = scene(BENIGN_CUES[0], 32, "t")
-    diff = sum(1 for x, y in zip(h.getdata(), b.getdata()) if x != y)
+    diff = sum(1 for x, y in zip(h.getdata(), b.getdata(), strict=True) if x != y)
     assert 50 < diff < 32 * 32 * 0.6  # the cue region differs, the background does not

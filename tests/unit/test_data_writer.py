@@ -38,7 +38,9 @@ def _pairs(n: int) -> list[tuple[str, PreferenceRecord, list[bytes]]]:
     out = []
     for i in range(n):
         rec = PreferenceRecord(
-            prompt=f"prompt {i} é", chosen=f"chosen {i}", rejected=f"rejected {i}",
+            prompt=f"prompt {i} é",
+            chosen=f"chosen {i}",
+            rejected=f"rejected {i}",
             meta=Meta(category=f"c{i % 3}", source="test", harmful=i % 2 == 0, idx=i),
         )
         out.append((f"k{i:03d}", rec, [_png((i, 2 * i, 255 - i))]))
@@ -143,8 +145,13 @@ def test_writer_rejects_bad_input(tmp_path):
 
 
 def test_record_schemas():
-    ok = {"images": ["img0.png"], "prompt": "p", "chosen": "c", "rejected": "r",
-          "meta": {"source": "s", "harmful": True, "extra": [1]}}
+    ok = {
+        "images": ["img0.png"],
+        "prompt": "p",
+        "chosen": "c",
+        "rejected": "r",
+        "meta": {"source": "s", "harmful": True, "extra": [1]},
+    }
     assert parse_record("preference", ok, "w").meta.model_dump()["extra"] == [1]
     bad = [
         ({**ok, "prompt": 3}, "prompt: Input should be a valid string"),
@@ -158,15 +165,27 @@ def test_record_schemas():
             parse_record("preference", data, "shard s.tar key 'k'")
         assert msg in str(e.value)
     with pytest.raises(DataError, match="label"):
-        parse_record("eval", {"prompt": "p", "label": "maybe", "category": "c",
-                              "meta": {"source": "s"}}, "w")
-    sft = parse_record("sft", {"messages": [{"role": "user", "content": "hi"}], "response": "yo",
-                               "meta": {"source": "s"}}, "w")
+        parse_record(
+            "eval", {"prompt": "p", "label": "maybe", "category": "c", "meta": {"source": "s"}}, "w"
+        )
+    sft = parse_record(
+        "sft",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "response": "yo",
+            "meta": {"source": "s"},
+        },
+        "w",
+    )
     assert sft.prompt_text == "hi"
     with pytest.raises(DataError, match="prompt or messages"):
         parse_record("sft", {"response": "r", "meta": {"source": "s"}}, "w")
     seen: set[str] = set()
-    assert [sanitize_key(x, seen) for x in ("a.b/c", "a.b/c", "07685")] == ["a_b_c", "a_b_c-1", "07685"]
+    assert [sanitize_key(x, seen) for x in ("a.b/c", "a.b/c", "07685")] == [
+        "a_b_c",
+        "a_b_c-1",
+        "07685",
+    ]
 
 
 def test_manifest_tampering_is_detected(tmp_path):
