@@ -8,6 +8,7 @@ the merged answers; compute metrics; write the outputs; log them to an MLflow ru
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from vlalign.config.schema import Recipe
@@ -118,38 +119,25 @@ def evaluate(
     out_dir = Path(out_dir)
 
     digest, n_prompts = check_data(data, split, max_samples)
-    spec = resolve_model_ref(model_ref, recipe, uri, download_dir=out_dir / ".model")
-    _materialize_base(spec)
     settings = GenerationSettings.from_eval_config(ev, batch_size)
-    job = EvalJob(
-        spec=spec,
-        data=data,
-        split=split,
-        settings=settings,
-        max_length=recipe.data.max_length,
-        max_samples=max_samples,
-        logprob_chunk=recipe.method.logprob_chunk,
-        tracking_uri=uri,
-    )
-    detector = detector or make_detector(
-        ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir
-    )
-
-    if num_workers == 1:
-        with _progress_bar(progress, n_prompts, "eval") as bar:
-            parts = [evaluate_slice(job, 0, 1, progress=bar.update)]
-    else:
-        from vlalign.evaluation.distributed import run_sharded
-
-        with _progress_bar(progress, num_workers, "eval workers") as bar:
-            parts = run_sharded(
-                evaluate_slice,
-                job,
-                num_workers,
-                address=recipe.resources.address,
-                gpus_per_worker=recipe.resources.gpus_per_worker,
-                on_done=lambda done, total: bar.update(1),
-            )
+    # an MLflow model is downloaded for the duration of the evaluation only
+    with tempfile.TemporaryDirectory(prefix="vlalign-eval-model-") as download:
+        spec = resolve_model_ref(model_ref, recipe, uri, download_dir=download)
+        detector = detector or make_detector(  # a bad judge fails before any generation
+            ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir
+        )
+        _materialize_base(spec)
+        job = EvalJob(
+            spec=spec,
+            data=data,
+            split=split,
+            settings=settings,
+            max_length=recipe.data.max_length,
+            max_samples=max_samples,
+            logprob_chunk=recipe.method.logprob_chunk,
+            tracking_uri=uri,
+        )
+        parts = _answer(job, num_workers, recipe, n_prompts, progress)
     from vlalign.evaluation.distributed import merge_rows
 
     raw, pair_kind, skipped_pairs = merge_rows(parts)
@@ -201,6 +189,26 @@ def evaluate(
 
         log_scorecard(card, tracking, name, tracking_uri=uri)
     return card
+
+
+def _answer(
+    job: EvalJob, num_workers: int, recipe: Recipe, n_prompts: int, progress: bool
+) -> list[dict]:
+    """Worker results: evaluate_slice in this process, or one Ray task per worker."""
+    if num_workers == 1:
+        with _progress_bar(progress, n_prompts, "eval") as bar:
+            return [evaluate_slice(job, 0, 1, progress=bar.update)]
+    from vlalign.evaluation.distributed import run_sharded
+
+    with _progress_bar(progress, num_workers, "eval workers") as bar:
+        return run_sharded(
+            evaluate_slice,
+            job,
+            num_workers,
+            address=recipe.resources.address,
+            gpus_per_worker=recipe.resources.gpus_per_worker,
+            on_done=lambda done, total: bar.update(1),
+        )
 
 
 def _row_json(r: EvalRow) -> dict:
