@@ -293,3 +293,21 @@ def test_merged_export_loads_as_a_full_model(export, tmp_path):
         want = export.model(input_ids=ids, **p.image_inputs).logits
         got = loaded.model(input_ids=ids, **p.image_inputs).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pin_store_creates_the_store_once_and_makes_the_uri_absolute(tmp_path, monkeypatch):
+    from vlalign.tracking.store import pin_store, resolve_store
+
+    monkeypatch.chdir(tmp_path)
+    r = Recipe(name="x")
+    pinned = pin_store(r)
+    assert r.tracking.uri is None  # the caller's recipe is not modified
+    assert pinned.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns" / "mlflow.db").stat().st_size > 0
+    elsewhere = tmp_path / "worker-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resolve_store(pinned.tracking.uri).uri == pinned.tracking.uri
+    off = Recipe(name="x")
+    off.tracking.enabled = False
+    assert pin_store(off) is off

@@ -133,21 +133,3 @@ def test_export_kind(tmp_path):
     assert export_kind(tmp_path) == "merged"
     (tmp_path / "adapter_config.json").write_text("{}")
     assert export_kind(Path(tmp_path)) == "adapter"
-
-
-def test_pin_store_creates_the_store_once_and_makes_the_uri_absolute(tmp_path, monkeypatch):
-    from vlalign.tracking.store import pin_store
-
-    monkeypatch.chdir(tmp_path)
-    r = Recipe(name="x")
-    pinned = pin_store(r)
-    assert r.tracking.uri is None  # the caller's recipe is not modified
-    assert pinned.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
-    assert (tmp_path / "mlruns" / "mlflow.db").stat().st_size > 0
-    elsewhere = tmp_path / "worker-cwd"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert resolve_store(pinned.tracking.uri).uri == pinned.tracking.uri
-    off = Recipe(name="x")
-    off.tracking.enabled = False
-    assert pin_store(off) is off
