@@ -66,3 +66,22 @@ def test_reward_model_scores_pairs_and_answers_nothing(tmp_path, data, model_cac
     assert correct == card.counts["pairs_correct"]
     assert Image.open(tmp_path / "eval/refusal_by_category.png").format == "PNG"
     assert "pair accuracy" in (tmp_path / "eval/scorecard.html").read_text()
+
+
+def test_a_record_without_a_prompt_is_named(tmp_path, model_cache):
+    from data_pipeline.schemas import EvalRecord, Meta
+    from data_pipeline.writer import ShardSetWriter
+    from vlalign.errors import DataError
+
+    with ShardSetWriter(tmp_path / "bad", source="test") as w:
+        meta = Meta(category="weapons", source="test", harmful=True)
+        w.write(
+            "eval",
+            EvalRecord(prompt="  ", label="harmful", category="weapons", meta=meta),
+            [],
+            "k0",
+        )
+    with pytest.raises(DataError, match=r"sample k0 in shard eval-000000.tar: empty prompt"):
+        evaluate(
+            "builtin:tiny-llava", str(tmp_path / "bad"), small_recipe(model_cache), tmp_path / "o"
+        )
