@@ -237,6 +237,8 @@ def test_crash_ends_failed_then_resume_continues_same_run(store_uri, model_cache
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
     assert run.data.tags["vlalign.resumes"] == "1"
+    assert "vlalign.error" not in run.data.tags
+    assert run.data.tags["vlalign.previous_error"] == "RuntimeError: worker died at step 2"
     assert run.data.tags["vlalign.resume_changed_params"] == "train.max_steps"
     assert run.data.params["train.max_steps"] == "100"  # params are immutable: the original
     runs = client.search_runs([run.info.experiment_id], f"tags.mlflow.runName = '{recipe.name}'")

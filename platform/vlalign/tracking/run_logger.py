@@ -42,6 +42,7 @@ TAG_DATA_DIGEST = "vlalign.data_digest"
 TAG_DATA_SOURCE = "vlalign.data_source"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_ERROR = "vlalign.error"
+TAG_PREVIOUS_ERROR = "vlalign.previous_error"
 TAG_RESUMES = "vlalign.resumes"
 TAG_CHANGED = "vlalign.resume_changed_params"
 MANIFEST = "manifest.json"
@@ -244,6 +245,10 @@ class RunLogger:
         tags = {TAG_RESUMES: str(resumes)}
         if changed:  # params are immutable in MLflow: record what the resumed recipe changed
             tags[TAG_CHANGED] = ",".join(changed)[:_MAX_TAG]
+        error = previous.data.tags.get(TAG_ERROR)
+        if error is not None:  # the crash that was resumed from stays on record, as history
+            tags[TAG_PREVIOUS_ERROR] = error
+            client.delete_tag(run_id, TAG_ERROR)
         self._set_tags(tags)
         return run_id
 
