@@ -2,19 +2,28 @@
 
 `evaluate(model_ref, data, recipe, out_dir, num_workers, tracking)` is the entry point;
 `log_scorecard(scorecard, run_id, name)` logs a scorecard to an MLflow run.
+
+Names are imported lazily so that `vlalign --help` does not pay for torch/transformers.
 """
 
-from vlalign.evaluation.mlflow_log import log_scorecard
-from vlalign.evaluation.refusal import JudgeRefusalDetector, PhraseRefusalDetector, RefusalDetector
-from vlalign.evaluation.runner import evaluate
-from vlalign.evaluation.scorecard import Scorecard, read_scorecard
+from __future__ import annotations
 
-__all__ = [
-    "JudgeRefusalDetector",
-    "PhraseRefusalDetector",
-    "RefusalDetector",
-    "Scorecard",
-    "evaluate",
-    "log_scorecard",
-    "read_scorecard",
-]
+import importlib
+
+_EXPORTS = {
+    "JudgeRefusalDetector": "vlalign.evaluation.refusal",
+    "PhraseRefusalDetector": "vlalign.evaluation.refusal",
+    "RefusalDetector": "vlalign.evaluation.refusal",
+    "Scorecard": "vlalign.evaluation.scorecard",
+    "evaluate": "vlalign.evaluation.runner",
+    "log_scorecard": "vlalign.evaluation.mlflow_log",
+    "read_scorecard": "vlalign.evaluation.scorecard",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vlalign.evaluation' has no attribute {name!r}")

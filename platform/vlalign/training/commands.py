@@ -14,6 +14,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     problems = check_recipe(recipe)
     if problems:
         raise RecipeError(args.recipe, problems)
+    from vlalign.tracking.store import pin_store
+
+    recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
     if args.no_ray:
         from vlalign.training.launch import launch_local
 
