@@ -73,3 +73,31 @@ def shard_batches(
             yield batch, position
         if not produced:
             raise DataError("this worker's Ray Data shard is empty: fewer samples than workers")
+
+
+def worker_batches(
+    recipe: Recipe,
+    encoder: Any,
+    data: Any,
+    kind: str,
+    rank: int,
+    world: int,
+    start_position: int = 0,
+) -> Iterator[tuple[dict, int]]:
+    """Batch source of a Ray Train worker, with the signature of the loop's shard reader
+    (`vlalign.training.data.batch_stream`): this worker's split of the "train" dataset.
+    `kind` is the loop's (sft | pairs); rank and world are Ray's own split, unused here."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(DATASET_NAME)
+    if shard is None:
+        raise DataError("data.reader: ray_data, but the trainer was given no 'train' dataset")
+    return shard_batches(
+        shard,
+        record_kind=record_kind(data.train_location, recipe.data.train_split),
+        kind="sft" if kind == "sft" else "preference",
+        encoder=encoder,
+        batch_size=recipe.train.micro_batch_size,
+        on_error=recipe.data.on_error,
+        start_position=start_position,
+    )

@@ -10,6 +10,11 @@ Checkpoints: after each checkpoint the loop calls `ctx.report(metrics, checkpoin
 rank; this shell turns that into `ray.train.report`, so Ray Train persists the checkpoint to
 storage and, when a worker dies, restarts the worker group (FailureConfig(max_failures)) with
 `ray.train.get_checkpoint()` pointing at the latest one, which becomes `ctx.restore_from`.
+Data: with data.reader webdataset (default) every worker streams its own slice of the shards
+(the loop's reader splits them by rank); with ray_data the driver reads the split with
+`ray.data.read_webdataset`, Ray Train hands each worker a streaming split, and the worker's
+TrainContext gets `orchestration.ray_data.worker_batches` as its batch source.
+
 The loop writes a checkpoint into a folder all ranks of a node share; on each node the
 local-rank-0 worker attaches it to its report (the others report metrics only, which Ray
 requires of every rank), so each node uploads it once and Ray merges the nodes' files.
@@ -37,6 +42,28 @@ from vlalign.orchestration.submit import PASSTHROUGH_ENV
 from vlalign.training.context import TrainResult
 
 StepHook = Callable[[int, dict], None]
+
+
+# TrainContext field through which a launcher replaces the loop's shard reader (Ray Data path).
+BATCH_SOURCE_FIELD = "batches"
+
+
+def loop_takes_batch_source() -> bool:
+    """True when the training core lets a launcher replace its shard reader (TrainContext)."""
+    from dataclasses import fields
+
+    from vlalign.training.context import TrainContext
+
+    return BATCH_SOURCE_FIELD in {f.name for f in fields(TrainContext)}
+
+
+def _train_location(recipe: Recipe) -> str:
+    """The training shards, synthesized here first when data.train is null (the driver must
+    read them before the workers start)."""
+    from vlalign.training.context import TrainContext
+    from vlalign.training.data import prepare_data
+
+    return prepare_data(recipe, TrainContext()).train_location
 
 
 def storage_path(recipe: Recipe) -> str:
@@ -110,8 +137,14 @@ def train_worker(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     local_rank = tctx.get_local_rank()
     checkpoint = ray.train.get_checkpoint()
+    extra = {}
+    if recipe.data.reader == "ray_data":
+        from vlalign.orchestration.ray_data import worker_batches
+
+        extra[BATCH_SOURCE_FIELD] = worker_batches
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as restore:
         ctx = TrainContext(
+            **extra,
             rank=tctx.get_world_rank(),
             world_size=tctx.get_world_size(),
             local_rank=local_rank,
@@ -135,6 +168,11 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     res = recipe.resources
+    datasets = None
+    if recipe.data.reader == "ray_data":
+        from vlalign.orchestration.ray_data import DATASET_NAME, train_dataset
+
+        datasets = {DATASET_NAME: train_dataset(recipe, _train_location(recipe))}
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
         per_worker["GPU"] = res.gpus_per_worker
@@ -152,6 +190,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=res.max_failures),
             worker_runtime_env={"env_vars": _worker_env(worker_env)},
         ),
+        datasets=datasets,
     )
 
 
@@ -191,10 +230,11 @@ def run_on_ray(
     """
     from ray.train import TrainingFailedError
 
-    if recipe.data.reader == "ray_data":
+    if recipe.data.reader == "ray_data" and not loop_takes_batch_source():
         raise VlalignError(
-            "data.reader: ray_data is not wired into the training loop yet; use webdataset "
-            "(each Ray worker streams its own slice of the shards)"
+            "data.reader: ray_data needs a training core whose TrainContext has a "
+            f"`{BATCH_SOURCE_FIELD}` batch source; use data.reader: webdataset (each Ray worker "
+            "streams its own slice of the shards)"
         )
     with ray_cluster(address, recipe) as where:
         print(f"{recipe.name}: {recipe.resources.num_workers} Ray Train workers on {where}")
