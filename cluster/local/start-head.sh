@@ -87,9 +87,10 @@ Ray head started (loopback only, auth: $RAY_AUTH_MODE, $NUM_CPUS logical CPUs)
   dashboard:    http://127.0.0.1:$DASHBOARD_PORT
 Submit a recipe as a Ray job:
   vlalign submit recipes/tiny/dpo.yaml --address http://127.0.0.1:$DASHBOARD_PORT --follow
-Run a recipe from this shell on this head (Ray needs local-only mode on the client too):
-  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=$RAY_AUTH_MODE
+Run a recipe from this shell on this head:
   vlalign run recipes/tiny/dpo.yaml --address 127.0.0.1:$PORT
+(other Ray drivers need the same modes as the head first:
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=$RAY_AUTH_MODE)
 Stop it:
   cluster/local/stop-head.sh --temp-dir $TEMP_DIR
 MSG

@@ -8,6 +8,8 @@
   stale `ray_current_cluster` file) in local-only mode, bound to 127.0.0.1, with at least 4
   logical CPUs: on a 2-core machine two 1-CPU training workers would otherwise leave nothing for
   Ray Data read tasks and the run would hang.
+- Joining a cluster with token authentication needs no RAY_AUTH_MODE in the shell when a token
+  is found (the way `ray start` decides for a head).
 - A process where Ray is already initialized keeps its connection (and it is not shut down).
 """
 
@@ -45,6 +47,25 @@ def use_local_only_mode() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def enable_token_auth_if_token_found() -> None:
+    """Join a token-auth cluster without RAY_AUTH_MODE=token in the shell: when the mode is
+    unset and a token exists (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), turn
+    token mode on for this process, as `ray start` does for a head."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    from vlalign.orchestration.auth import find_token
+
+    if find_token() is None:
+        return
+    try:  # Ray >= 2.52: also refreshes Ray's cached config in this process
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # older Ray has no token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def local_cpus(recipe: Recipe) -> int:
     """Logical CPUs of a local cluster: what the workers reserve plus room for Ray Data tasks,
     at least 4 and at least the machine's cores."""
@@ -75,6 +96,7 @@ def ray_cluster(address: str | None, recipe: Recipe) -> Iterator[str]:
     else:
         if is_loopback(target):
             use_local_only_mode()
+        enable_token_auth_if_token_found()
         ray.init(address=target, log_to_driver=True, configure_logging=False)
         where = f"the Ray cluster at {target}"
     try:
