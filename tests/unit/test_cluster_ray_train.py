@@ -102,3 +102,23 @@ def test_result_needs_a_checkpoint():
 def test_trainer_state_missing_is_an_error(tmp_path: Path):
     with pytest.raises(VlalignError, match="no trainer_state.json"):
         ray_train._trainer_state(tmp_path)
+
+
+def test_result_rebuilt_from_the_persisted_checkpoint(tmp_path: Path):
+    import json
+
+    from ray.train import Checkpoint
+
+    state = {"step": 3, "losses": [3.0, 2.5, 2.25], "metrics": [{}, {}, {}], "run_id": "abc"}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+
+    class Fit:
+        checkpoint = Checkpoint.from_directory(str(tmp_path))
+        metrics = {"step": 3, "resumed_from_step": 2}
+
+    r = _recipe(f"train.output_dir={tmp_path}/out", "train.max_steps=3")
+    result = ray_train._result_from(Fit(), r)
+    assert result.losses == [3.0, 2.5, 2.25] and result.run_id == "abc"
+    assert result.resumed_from_step == 2
+    assert result.checkpoint_dir == tmp_path
+    assert result.export_dir is None  # nothing exported under the output dir

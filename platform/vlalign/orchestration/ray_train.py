@@ -199,8 +199,15 @@ def _result_from(fit_result, recipe: Recipe) -> TrainResult:
     checkpoint = fit_result.checkpoint
     if checkpoint is None:
         raise VlalignError(f"{recipe.name}: the Ray run ended without a checkpoint")
-    with checkpoint.as_directory() as d:
-        state = _trainer_state(Path(d))
+    # Only trainer_state.json is read: a remote (s3://) checkpoint is not downloaded whole.
+    state_file = f"{checkpoint.path.rstrip('/')}/trainer_state.json"
+    try:
+        with checkpoint.filesystem.open_input_stream(state_file) as f:
+            state = json.loads(f.read())
+    except (FileNotFoundError, OSError) as e:
+        raise VlalignError(
+            f"checkpoint {checkpoint.path} has no readable trainer_state.json: {e}"
+        ) from None
     reported = fit_result.metrics or {}
     out_dir = Path(recipe.output_dir)
     finished = state["step"] >= recipe.train.max_steps
