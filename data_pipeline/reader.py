@@ -28,7 +28,8 @@ and world size are never read from the environment.
   tar reads, no decoding) and continues with exactly the batches an uninterrupted run would
   have produced next. `position` must be a multiple of B.
 - `loop=True` repeats epochs (epoch, epoch + 1, ...) without end, for step-based training;
-  `loop=False` reads one epoch.
+  `loop=False` reads one epoch. Ranks may get different numbers of samples per epoch (whole
+  shards go to one reader), so multi-rank training loops and stops at `train.max_steps`.
 """
 
 from __future__ import annotations
@@ -515,7 +516,6 @@ class TrainLoader:
             num_workers=self.num_workers,
             collate_fn=_identity,
             worker_init_fn=_worker_init if self.num_workers else None,
-            multiprocessing_context="fork" if self.num_workers else None,
         )
         for batch in loader:
             self.position += self.batch_size

@@ -201,6 +201,15 @@ def _split_images(
     return out
 
 
+def _rows(enc) -> list[torch.Tensor]:
+    """Unpadded 1-d rows of a padded tokenizer / processor output (either padding side)."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    if bool(mask[:, 0].all()):  # right padding (or none): rows are prefixes
+        return [ids[i, :n] for i, n in enumerate(lengths)]
+    return [ids[i][mask[i].bool()] for i in range(len(lengths))]
+
+
 def encode_batch(encoder: ChatEncoder, samples: list[dict], kind: str) -> list[dict | DataError]:
     """Encode many samples with one processor call; per-sample DataError for bad ones.
 
@@ -257,10 +266,13 @@ def _encode_images_batch(
             results[i] = _safe_one(encoder, samples[i], kind)
         return
     resp_texts = [encoder.response_prefix + t + encoder.end_of_turn for i in todo for t in texts[i]]
-    resp_ids = encoder.tokenizer(resp_texts, add_special_tokens=False)["input_ids"]
+    resp_ids = _rows(
+        encoder.tokenizer(resp_texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    )
+    prompt_ids = _rows(enc)
     r = 0
     for row, i in enumerate(todo):
-        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        ids = prompt_ids[row]
         if len(ids) > encoder.max_length:
             results[i] = DataError(
                 f"{_where(samples[i])}: prompt is {len(ids)} tokens (with image tokens) > "
@@ -272,7 +284,7 @@ def _encode_images_batch(
         prompt = EncodedPrompt(input_ids=ids, image_inputs=split[row])
         seqs = []
         for _ in texts[i]:
-            seqs.append(encoder.join(prompt, torch.tensor(resp_ids[r], dtype=torch.long)))
+            seqs.append(encoder.join(prompt, resp_ids[r]))
             r += 1
         if kind == "sft":
             ((seq, cut),) = seqs
