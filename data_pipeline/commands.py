@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_pipeline.writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
+from data_pipeline.defaults import CONVERTER_FORMATS, DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -108,10 +108,8 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
-    from data_pipeline.converters import FORMATS
-
     p = sub.add_parser("convert", help="convert a published data set layout into shards")
-    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="source layout")
+    p.add_argument("--format", required=True, choices=CONVERTER_FORMATS, help="source layout")
     p.add_argument("src", help="source file or directory")
     p.add_argument("out", help="output shard-set directory (other splits in it are kept)")
     p.add_argument("--split", default="train", help="split name to write (default train)")

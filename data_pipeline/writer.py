@@ -30,6 +30,7 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
+from data_pipeline.defaults import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES
 from data_pipeline.manifest import (
     MANIFEST,
     Manifest,
@@ -43,8 +44,6 @@ from data_pipeline.manifest import (
 from data_pipeline.schemas import _Record, check_key
 from vlalign.errors import DataError
 
-DEFAULT_MAX_SAMPLES = 1000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 FIXED_MTIME = 946684800  # 2000-01-01, an int (a float adds a PAX header per member)
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 

@@ -1,0 +1,206 @@
+"""`vlalign demo`: align a tiny VLM end to end on this machine, with evidence.
+
+Stages (each with a status line):
+  1. synthesize image-conditioned safety data (train + held-out eval shards);
+  2. evaluate the untrained tiny model (scorecard "base");
+  3. SFT with LoRA (recipe tiny/demo-sft), exported merged, then DPO with LoRA on top of it
+     (recipe tiny/demo), each on a local Ray cluster with 2 workers and DeepSpeed ZeRO-2
+     (`--no-ray`: the same loop in local processes);
+  4. evaluate after each (scorecards "sft", "dpo"); everything is logged to the MLflow store;
+  5. register the DPO model, run the promotion gates, say whether it became champion and why;
+  6. print base / sft / dpo side by side and how to look at it all (`vlalign ui`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from vlalign.config.loading import load_recipe
+from vlalign.config.schema import Recipe
+
+QUICK = {
+    "pairs": 256,
+    "eval_pairs": 60,
+    "sft": ["train.max_steps=150"],
+    "dpo": ["train.max_steps=50"],
+}
+FULL = {"pairs": 512, "eval_pairs": 200, "sft": [], "dpo": []}
+
+
+def _say(stage: str, text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {stage:<8} {text}", flush=True)
+
+
+def _train(recipe: Recipe, use_ray: bool):
+    if use_ray:
+        from vlalign.orchestration.ray_train import run_on_ray
+
+        return run_on_ray(recipe)
+    from vlalign.training.launch import launch_local
+
+    return launch_local(recipe, nproc=recipe.resources.num_workers)
+
+
+def _evaluate(model_ref: str, data: Path, recipe: Recipe, out: Path, name: str, run_id: str | None):
+    from vlalign.evaluation.runner import evaluate
+
+    return evaluate(
+        model_ref,
+        str(data),
+        recipe,
+        out_dir=out / "eval" / name,
+        num_workers=1,
+        name=name,
+        tracking=run_id,
+        progress=True,
+    )
+
+
+def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> dict:
+    """Run every stage; returns {"scorecards": {...}, "promotion": {...}} (also written as JSON)."""
+    from data_pipeline.synth import synthesize
+    from vlalign.tracking.store import pin_store
+
+    plan = QUICK if quick else FULL
+    out = out.resolve()
+    data = out / "data"
+    common = [
+        f"train.seed={seed}",
+        f"data.train={data}",
+        f"data.eval={data}",
+        f"resources.num_workers={workers}",
+        f"train.output_dir={out}/{{name}}",
+    ]
+    t0 = time.time()
+
+    _say(
+        "data",
+        f"synthesizing {plan['pairs']} pairs + {plan['eval_pairs']} held-out eval prompts -> {data}",
+    )
+    synthesize(
+        data,
+        pairs=plan["pairs"],
+        seed=seed,
+        eval_pairs=plan["eval_pairs"],
+        overwrite=True,
+        progress=True,
+    )
+
+    sft = pin_store(load_recipe("tiny/demo-sft", common + plan["sft"]))
+    cards = {}
+    _say("base", "evaluating the untrained model")
+    cards["base"] = _evaluate(f"builtin:{sft.model.name}", data, sft, out, "base", None)
+
+    where = (
+        f"Ray ({workers} workers, ZeRO-{sft.engine.zero_stage})"
+        if use_ray
+        else f"{workers} local processes"
+    )
+    _say("sft", f"SFT with LoRA, {sft.train.max_steps} steps on {where}")
+    rs = _train(sft, use_ray)
+    cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
+
+    dpo = pin_store(
+        load_recipe("tiny/demo", [*common, f"model.name={rs.export_dir}/merged", *plan["dpo"]])
+    )
+    _say(
+        "dpo",
+        f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, {dpo.train.max_steps} steps on {where}",
+    )
+    rd = _train(dpo, use_ray)
+    cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", rd.run_id)
+
+    _say(
+        "registry",
+        f"registering the DPO model as {dpo.tracking.registered_model!r}, checking the gates",
+    )
+    promotion = _publish(dpo, rd, out / "eval" / "dpo" / "scorecard.json")
+    summary = {
+        "seed": seed,
+        "quick": quick,
+        "seconds": round(time.time() - t0, 1),
+        "scorecards": {k: v.to_dict()["metrics"] for k, v in cards.items()},
+        "per_category": {k: v.to_dict()["per_category"] for k, v in cards.items()},
+        "promotion": promotion,
+        "tracking_uri": dpo.tracking.uri,
+    }
+    (out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _publish(recipe: Recipe, result, scorecard: Path) -> dict:
+    from vlalign.tracking.promotion import PromotionRefused, promote
+    from vlalign.tracking.run_logger import RunLogger
+
+    logger = RunLogger(recipe)
+    logger.start(resume_run_id=result.run_id)
+    pub = logger.log_export(result.export_dir, scorecard)
+    logger.finish()
+    name = recipe.tracking.registered_model
+    try:
+        promote(logger.store, name, pub.version, recipe.promotion)
+        return {"model": name, "version": pub.version, "champion": True, "reasons": []}
+    except PromotionRefused as e:
+        return {"model": name, "version": pub.version, "champion": False, "reasons": [str(e)]}
+
+
+def print_table(summary: dict) -> None:
+    """base / sft / dpo side by side, overall and per category."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cards = summary["scorecards"]
+    t = Table(title="safety scorecards (held-out eval)")
+    t.add_column("metric")
+    for stage in cards:
+        t.add_column(stage, justify="right")
+    for metric in (
+        "harmful_refusal_rate",
+        "benign_refusal_rate",
+        "text_validity_rate",
+        "implicit_reward_accuracy",
+    ):
+        t.add_row(metric, *[f"{cards[s].get(metric, float('nan')):.3f}" for s in cards])
+    cats = summary["per_category"][next(iter(cards))]
+    for cat in sorted(cats):
+        label = cats[cat].get("label", "")
+        t.add_row(
+            f"  {cat} ({label}) refusal",
+            *[
+                f"{summary['per_category'][s].get(cat, {}).get('refusal_rate', float('nan')):.3f}"
+                for s in cards
+            ],
+        )
+    console = Console()
+    console.print(t)
+    p = summary["promotion"]
+    if p["champion"]:
+        console.print(
+            f"[green]{p['model']} v{p['version']} passed every gate and is now @champion[/green]"
+        )
+    else:
+        console.print(
+            f"[yellow]{p['model']} v{p['version']} was NOT promoted:[/yellow] {'; '.join(p['reasons'])}"
+        )
+    console.print(
+        f"finished in {summary['seconds']:.0f} s. Look at runs, scorecards and the registry: vlalign ui"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    summary = run_demo(Path(args.out), args.quick, args.seed, not args.no_ray, args.workers)
+    print_table(summary)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="align a tiny VLM end to end (data, SFT, DPO, eval, registry)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and prompts (under 3 minutes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--workers", type=int, default=2, help="training workers")
+    p.add_argument("--no-ray", action="store_true", help="local processes instead of a Ray cluster")
+    p.set_defaults(func=cmd_demo)
