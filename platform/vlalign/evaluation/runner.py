@@ -119,6 +119,10 @@ def evaluate(
     out_dir = Path(out_dir)
 
     digest, n_prompts = check_data(data, split, max_samples)
+    import torch
+
+    if not torch.cuda.is_available():  # see training/loop.py: oversubscribed OpenMP threads spin
+        torch.set_num_threads(max(1, int(recipe.resources.cpus_per_worker)))
     settings = GenerationSettings.from_eval_config(ev, batch_size)
     # an MLflow model is downloaded for the duration of the evaluation only
     with tempfile.TemporaryDirectory(prefix="vlalign-eval-model-") as download:
