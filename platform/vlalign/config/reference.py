@@ -50,22 +50,42 @@ def _default(field) -> str:
 def render_reference() -> str:
     """Markdown tables, one per recipe section, with every field's type, default and description."""
     lines = [BEGIN, ""]
-    top = [(n, f) for n, f in Recipe.model_fields.items() if not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel)]
-    lines += ["#### top level", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |" for n, f in top]
+    top = [
+        (n, f)
+        for n, f in Recipe.model_fields.items()
+        if not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel)
+    ]
+    lines += [
+        "#### top level",
+        "",
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |" for n, f in top
+    ]
     for name, field in Recipe.model_fields.items():
         model = field.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
-        lines += ["", f"#### `{name}`: {field.description}", "", "| key | type | default | description |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"#### `{name}`: {field.description}",
+            "",
+            "| key | type | default | description |",
+            "| --- | --- | --- | --- |",
+        ]
         for n, f in model.model_fields.items():
-            lines.append(f"| `{name}.{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |")
+            lines.append(
+                f"| `{name}.{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |"
+            )
             if n == "gates":
                 from vlalign.config.schema import Gate
 
                 for gn, gf in Gate.model_fields.items():
-                    lines.append(f"| `{name}.gates[].{gn}` | {_type_name(gf.annotation)} | {_default(gf)} | {gf.description} |")
+                    lines.append(
+                        f"| `{name}.gates[].{gn}` | {_type_name(gf.annotation)} | {_default(gf)} | {gf.description} |"
+                    )
     lines += ["", END]
     return "\n".join(lines)
 

@@ -42,7 +42,7 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
     seed: int = Field(0, ge=0, description="Seed of the random weights of a built-in tiny model.")
     size: Literal["nano", "small"] = Field(
-        "nano", description="Size of a built-in tiny model: nano (~0.5M params) or small (~4M)."
+        "nano", description="Size of a built-in tiny model: nano (~0.2M params) or small (~2.5M)."
     )
     image_size: int | None = Field(
         None, ge=8, description="Input image side in pixels for built-ins (default per family)."
