@@ -23,6 +23,7 @@ class TrainContext:
     `report(metrics, checkpoint_dir)` is called by EVERY rank after each checkpoint is complete
     (Ray merges the ranks' files); `restore_from` is a checkpoint directory to resume from.
     `stop_after` (tests only) ends the loop early after that many optimizer steps, as a kill would.
+    `batches` replaces the webdataset shard reader (e.g. a Ray Data shard per worker).
     """
 
     rank: int = 0
@@ -33,6 +34,9 @@ class TrainContext:
     report: ReportFn | None = None
     stop_after: int | None = None
     on_step: Callable[[int, dict], None] | None = None
+    # Batch source with the signature of `vlalign.training.data.batch_stream` (yields
+    # (batch, position)); None streams webdataset shards. Ray's `data.reader: ray_data` sets it.
+    batches: Callable | None = None
 
     @property
     def is_main(self) -> bool:

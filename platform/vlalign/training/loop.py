@@ -133,7 +133,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         tracker.log_dataset(data.train_location, data.manifest)
 
     position = tstate.data_positions.get(str(rank), 0)
-    stream = batch_stream(recipe, encoder, data, kind, rank, world, start_position=position)
+    source = ctx.batches or batch_stream
+    stream = source(recipe, encoder, data, kind, rank, world, start_position=position)
     last_ckpt: Path | None = None
     progress = _progress(ctx, t.max_steps, tstate.step)
     try:
