@@ -136,6 +136,16 @@ class VlalignSide:
             rec = Recipe(method=MethodConfig(name="dpo", reference=ref, logprob_chunk=chunk))
             self.states[ref] = dpo.setup(rec, self.model, self.pad_id, ref_cache=self.ref_cache)
         self.init_logps = (float(c.mean()), float(r.mean()))  # LoRA B = 0: policy = reference
+        # dpo.reference_logps builds precomputed log-probs with torch.tensor(rows) on the CPU; on
+        # CUDA the loss would then mix devices. Probe once: if so, move them (reported as a note).
+        pc, _ = dpo.reference_logps(self.states["precomputed"], batch, None)
+        self.ref_device_fix = pc.device != batch["chosen_input_ids"].device
+        self.notes = []
+        if self.ref_device_fix:
+            self.notes.append(
+                "vlalign.methods.dpo.reference_logps returns precomputed reference log-probs on "
+                f"{pc.device}, not {batch['chosen_input_ids'].device}: the bench moves them"
+            )
 
     def _options(self, v: Variant):
         from vlalign.methods.forward import PairOptions
@@ -166,12 +176,33 @@ class VlalignSide:
 
         return mock.patch.object(dpo, "pair_forward", packed_pair_forward)
 
+    def _ref_on_device(self, v: Variant):
+        """Work around precomputed reference log-probs left on the CPU (see __init__)."""
+        if not (self.ref_device_fix and v.reference == "precomputed"):
+            return contextlib.nullcontext()
+        from unittest import mock
+
+        from vlalign.methods import dpo
+
+        original = dpo.reference_logps
+        dev = self.batch["chosen_input_ids"].device
+
+        def on_device(state, batch, features):
+            c, r = original(state, batch, features)
+            return c.to(dev), r.to(dev)
+
+        return mock.patch.object(dpo, "reference_logps", on_device)
+
     def step(self, v: Variant) -> dict:
         from vlalign.methods import dpo
 
         state = self.states[v.reference]
         state.opts = self._options(v)
-        with self._packing(v, state.opts), autocast(self.device, self.dtype):
+        with (
+            self._packing(v, state.opts),
+            self._ref_on_device(v),
+            autocast(self.device, self.dtype),
+        ):
             out = dpo.step(state, self.batch)
         (out.loss_sum / out.count).backward()
         self.optimizer.step()

@@ -329,6 +329,7 @@ def run(args, argv: list[str]) -> dict:
     flops_pair = model_flops_per_pair(counts, tokens / B, patches)
     lora_flops_pair = lora_aware_flops_per_pair(counts, tokens / B, patches)
     trl_med = statistics.median(times["trl"]) if times.get("trl") else None
+    trl_min = min(times["trl"]) if times.get("trl") else None
     rows = []
     labels = {v.name: v.label for v in VARIANTS}
     labels["trl"] = f"TRL {trl.version} DPOTrainer" if trl is not None else "TRL"
@@ -345,6 +346,7 @@ def run(args, argv: list[str]) -> dict:
             "loss_last": losses[name][-1],
             "memory": mem.get(name),
             "speedup_vs_trl": (trl_med / med) if trl_med else None,
+            "speedup_vs_trl_min": (trl_min / min(times[name])) if trl_min else None,
         }
         if cuda and peak:
             row["mfu"] = flops_pair * (B / med) / peak["flops_per_s"]
@@ -376,7 +378,7 @@ def run(args, argv: list[str]) -> dict:
             "no clipping, no schedule)",
             "warmup_rounds": args.warmup,
             "rounds": args.steps,
-            "notes": setup.notes,
+            "notes": setup.notes + vl.notes,
         },
         "conditions": {
             "torch": torch.__version__,
@@ -432,27 +434,29 @@ def report(res: dict) -> str:
         f"({c['trainable_params'] / 1e6:.2f}M trainable); {c['optimizer']}; gradient checkpointing "
         f"{'on' if c['gradient_checkpointing'] else 'off'} (both)",
         f"timing: {c['warmup_rounds']} warm-up + {c['rounds']} counted rounds, sides alternate "
-        f"(rotating order), median (spread: (max - min) / median); threads {res['conditions']['threads']}, load avg at end "
+        f"(rotating order); step ms = median, min ms = fastest (interference only slows a step); "
+        f"x TRL = TRL's step time / this row's (median; min); threads {res['conditions']['threads']}, load avg at end "
         f"{res['conditions']['loadavg_end'][0]:.1f}",
     ]
+    for note in c["notes"]:
+        lines.append(f"note: {note}")
     if res["trl_error"]:
         lines.append("TRL could not run this setup: " + res["trl_error"].splitlines()[0])
     lines.append(f"memory: {res['memory_method']}")
     mfu = any("mfu" in r for r in res["rows"])
     head = (
-        f"{'implementation':44} {'step ms':>8} {'spread':>6} {'pairs/s':>8} {'tokens/s':>9} {'mem MiB':>8} "
-        f"{'x TRL':>6}" + (f" {'MFU':>6}" if mfu else "")
+        f"{'implementation':44} {'step ms':>8} {'min ms':>7} {'pairs/s':>8} {'tokens/s':>9} "
+        f"{'mem MiB':>8} {'x TRL':>6} {'(min)':>6}" + (f" {'MFU':>6}" if mfu else "")
     )
     lines += [head, "-" * len(head)]
     for r in res["rows"]:
         m = r["memory"] or {}
         mem = m.get("peak_bytes") or m.get("working_bytes")
         sp = f"{r['speedup_vs_trl']:.2f}" if r["speedup_vs_trl"] else "-"
-        spread = (max(r["step_s"]) - min(r["step_s"])) / r["step_s_median"] * 100
+        sp_min = f"{r['speedup_vs_trl_min']:.2f}" if r["speedup_vs_trl_min"] else "-"
         line = (
-            f"{r['label'][:44]:44} {r['step_s_median'] * 1e3:>8.1f} {spread:>5.0f}% "
-            f"{r['pairs_per_s']:>8.2f} "
-            f"{r['tokens_per_s']:>9.0f} {_mib(mem):>8} {sp:>6}"
+            f"{r['label'][:44]:44} {r['step_s_median'] * 1e3:>8.1f} {min(r['step_s']) * 1e3:>7.1f} "
+            f"{r['pairs_per_s']:>8.2f} {r['tokens_per_s']:>9.0f} {_mib(mem):>8} {sp:>6} {sp_min:>6}"
         )
         if mfu:
             line += f" {r['mfu'] * 100:>5.1f}%"
