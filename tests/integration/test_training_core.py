@@ -205,3 +205,18 @@ def test_two_ranks_zero_reproduce_single_process(tmp_path, shards, model_cache, 
         nproc=2,
     )
     assert two.losses == pytest.approx(single.losses, abs=1e-5)
+
+
+def test_packed_prefix_training_equals_unpacked(tmp_path, shards, model_cache):
+    plain = run_training(recipe(tmp_path, shards, model_cache, "plain", train={"max_steps": 3}))
+    packed = run_training(
+        recipe(
+            tmp_path,
+            shards,
+            model_cache,
+            "packed",
+            train={"max_steps": 3},
+            method={"pack_prefix": True},
+        )
+    )
+    assert packed.losses == pytest.approx(plain.losses, abs=1e-5)

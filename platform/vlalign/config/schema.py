@@ -162,6 +162,10 @@ class MethodConfig(Section):
         True,
         description="Run the vision tower once per pair and share its features (when supported).",
     )
+    pack_prefix: bool = Field(
+        False,
+        description="Pack [prompt, chosen, rejected] into one row with a 4D mask: the shared prefix runs once.",
+    )
     logprob_chunk: int = Field(
         1024, ge=1, description="Tokens per chunk when computing log-probs over the vocabulary."
     )

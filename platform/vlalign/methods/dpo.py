@@ -68,7 +68,9 @@ def setup(
         raise VlalignError("method.reference: frozen_copy needs the reference copy from the loop")
     if reference == "precomputed" and ref_cache is None:
         raise VlalignError("method.reference: precomputed needs the reference cache from the loop")
-    opts = PairOptions(share_vision=m.share_vision, chunk_size=m.logprob_chunk)
+    opts = PairOptions(
+        share_vision=m.share_vision, chunk_size=m.logprob_chunk, pack_prefix=m.pack_prefix
+    )
     return State(model, spec, recipe, pad_id, opts, reference, frozen_ref, ref_cache)
 
 
@@ -90,7 +92,7 @@ def reference_logps(state: State, batch: dict, features) -> tuple[torch.Tensor, 
             raise VlalignError(
                 f"reference cache has no entry for sample {e.args[0]!r}: recompute it"
             ) from None
-        t = torch.tensor(rows, dtype=torch.float32)
+        t = torch.tensor(rows, dtype=torch.float32, device=batch["chosen_input_ids"].device)
         return t[:, 0], t[:, 1]
     if state.reference == "frozen_copy":
         ctx, model = contextlib.nullcontext(), state.frozen_ref

@@ -141,6 +141,7 @@ class PairOptions:
     share_vision: bool = True  # vision tower once per pair
     chunk_size: int = 1024  # tokens per log-prob chunk
     keep_only_response: bool = True  # logits only for response positions
+    pack_prefix: bool = False  # one row [prompt, chosen, rejected] per pair (methods/packing.py)
 
 
 def pair_forward(
@@ -155,6 +156,10 @@ def pair_forward(
     `features`: precomputed image features of the B pairs (vision once per pair); when None and
     opts.share_vision, they are computed here once.
     """
+    if opts.pack_prefix:  # the shared prompt + image computed once per pair
+        from vlalign.methods.packing import packed_pair_forward
+
+        return packed_pair_forward(model, batch, pad_id, opts, features)
     images = image_inputs(batch)
     lm_image_keys = {k: v for k, v in images.items() if k not in PIXEL_KEYS}
     if opts.share_vision and images and features is None:
