@@ -44,19 +44,6 @@ from vlalign.training.context import TrainResult
 StepHook = Callable[[int, dict], None]
 
 
-# TrainContext field through which a launcher replaces the loop's shard reader (Ray Data path).
-BATCH_SOURCE_FIELD = "batches"
-
-
-def loop_takes_batch_source() -> bool:
-    """True when the training core lets a launcher replace its shard reader (TrainContext)."""
-    from dataclasses import fields
-
-    from vlalign.training.context import TrainContext
-
-    return BATCH_SOURCE_FIELD in {f.name for f in fields(TrainContext)}
-
-
 def _train_location(recipe: Recipe) -> str:
     """The training shards, synthesized here first when data.train is null (the driver must
     read them before the workers start)."""
@@ -137,14 +124,12 @@ def train_worker(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     local_rank = tctx.get_local_rank()
     checkpoint = ray.train.get_checkpoint()
-    extra = {}
+    batches = None
     if recipe.data.reader == "ray_data":
-        from vlalign.orchestration.ray_data import worker_batches
-
-        extra[BATCH_SOURCE_FIELD] = worker_batches
+        from vlalign.orchestration.ray_data import worker_batches as batches
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as restore:
         ctx = TrainContext(
-            **extra,
+            batches=batches,
             rank=tctx.get_world_rank(),
             world_size=tctx.get_world_size(),
             local_rank=local_rank,
@@ -237,12 +222,6 @@ def run_on_ray(
     """
     from ray.train import TrainingFailedError
 
-    if recipe.data.reader == "ray_data" and not loop_takes_batch_source():
-        raise VlalignError(
-            "data.reader: ray_data needs a training core whose TrainContext has a "
-            f"`{BATCH_SOURCE_FIELD}` batch source; use data.reader: webdataset (each Ray worker "
-            "streams its own slice of the shards)"
-        )
     with ray_cluster(address, recipe) as where:
         print(f"{recipe.name}: {recipe.resources.num_workers} Ray Train workers on {where}")
         trainer = build_trainer(recipe, on_step=on_step, worker_env=worker_env)
