@@ -196,9 +196,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 out_dir / "export",
                 rank,
                 recipe.engine.zero_stage,
-            )
-            if tracker and export_dir is not None:
-                tracker.log_export(export_dir)
+            )  # logged + registered after evaluation, by vlalign.pipeline.finish_run
     except BaseException as e:
         if tracker:
             tracker.fail(e)
