@@ -247,7 +247,8 @@ class ResourcesConfig(Section):
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU training).")
     address: str | None = Field(None, description="Ray cluster address; null: a local cluster.")
     storage_path: str | None = Field(
-        None, description="Ray Train storage for checkpoints (local folder or URI); default runs/."
+        None,
+        description="Ray Train storage for checkpoints (local folder or URI); default <output_dir>/ray.",
     )
     max_failures: int = Field(
         0, ge=-1, description="Worker failures tolerated (restart from checkpoint)."

@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--no-ray", action="store_true", help="run in local processes instead of Ray")
     p.add_argument("--nproc", type=int, default=1, help="local processes with --no-ray (ranks)")
     p.add_argument(
+        "--no-eval", action="store_true", help="skip the safety evaluation after training"
+    )
+    p.add_argument(
         "--address",
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS or a local cluster)",

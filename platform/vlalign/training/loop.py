@@ -181,6 +181,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
             progress(tstate.step, metrics)
             due = t.checkpoint_every and tstate.step % t.checkpoint_every == 0
             if due or tstate.step == t.max_steps:
+                tstate.data_positions = gather_positions(position, rank, world)
                 last_ckpt = ckpt.save(engine, root, tstate, rank, world, t.keep_checkpoints)
                 if ctx.report:
                     ctx.report({"step": tstate.step, **metrics}, last_ckpt)
@@ -214,6 +215,17 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         run_id=run_id,
         resumed_from_step=resumed_from,
     )
+
+
+def gather_positions(position: int, rank: int, world: int) -> dict[str, int]:
+    """Every rank's data position (samples consumed), so a restart resumes each rank's stream."""
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_initialized():
+        return {str(rank): position}
+    parts: list = [None] * world
+    dist.all_gather_object(parts, position)
+    return {str(r): int(p) for r, p in enumerate(parts)}
 
 
 def _step_metrics(
