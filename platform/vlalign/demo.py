@@ -23,9 +23,9 @@ from vlalign.config.schema import Recipe
 
 QUICK = {
     "pairs": 256,
-    "eval_pairs": 60,
+    "eval_pairs": 100,
     "sft": ["train.max_steps=150"],
-    "dpo": ["train.max_steps=50"],
+    "dpo": ["train.max_steps=80"],
 }
 FULL = {"pairs": 512, "eval_pairs": 200, "sft": [], "dpo": []}
 
@@ -69,6 +69,7 @@ def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> 
     data = out / "data"
     common = [
         f"train.seed={seed}",
+        f"model.seed={seed}",
         f"data.train={data}",
         f"data.eval={data}",
         f"resources.num_workers={workers}",
