@@ -22,6 +22,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ORDER = ("data_throughput", "logprobs_memory", "dpo_step")
 ENTRY = 'if __name__ == "__main__":'
+# Long studies run only when named with --only (alignment_seeds trains 3 seeds: ~15 min on CPU).
+ON_REQUEST = ("alignment_seeds",)
 
 
 def discover() -> list[str]:
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown benchmark(s) {unknown}; known: {', '.join(names)}")
         names = [n for n in names if n in args.only]
+    else:
+        names = [n for n in names if n not in ON_REQUEST]
     results = []
     for name in names:
         cmd = [sys.executable, str(BENCH / f"{name}.py")]
