@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -51,27 +52,41 @@ def clear_stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS) -> list[s
     return removed
 
 
+@contextlib.contextmanager
+def launcher_env(rank: int, local_rank: int, world_size: int):
+    """RANK / LOCAL_RANK / WORLD_SIZE in os.environ for the duration of a DeepSpeed call that reads
+    them (init, engine creation) when no launcher set them; removed again afterwards."""
+    wanted = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size)}
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def ensure_process_group(device: torch.device) -> tuple[int, int]:
     """(rank, world_size) of the current group, creating a 1-process gloo/nccl group if none.
 
-    DeepSpeed needs a process group even for one process; the rendezvous variables are set here
-    only when nothing launched us (they are the torch.distributed protocol, not settings).
+    DeepSpeed needs a process group even for one process. A launcher's group (torchrun-style
+    env, Ray Train) is reused; otherwise a private loopback group is made without os.environ.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" not in os.environ:
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(free_port()),
-            RANK="0",
-            WORLD_SIZE="1",
-            LOCAL_RANK="0",
-        )
     import deepspeed
 
     for lock in clear_stale_extension_locks():
         print(f"vlalign: removed a stale torch-extension build lock {lock}", flush=True)
-    deepspeed.init_distributed(dist_backend=backend_for(device), verbose=False)
+    if "RANK" not in os.environ:
+        # Nothing launched us: a private one-process group over loopback, its address handed to
+        # init_process_group directly and never left in os.environ, so later subprocesses (a
+        # bench, TRL/accelerate, Ray workers) do not believe they are rank 0 of a group.
+        dist.init_process_group(
+            backend_for(device), init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+        )
+    with launcher_env(dist.get_rank() if dist.is_initialized() else 0, 0, 1):
+        deepspeed.init_distributed(dist_backend=backend_for(device), verbose=False)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -32,7 +32,7 @@ from vlalign.models import apply_peft, build
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.training import checkpoint as ckpt
 from vlalign.training.context import TrainContext, TrainResult
-from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group
+from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group, launcher_env
 from vlalign.training.engine import initialize
 from vlalign.training.export import export
 
@@ -115,7 +115,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     train_model = RewardModel(model) if recipe.method.name == "reward" else model
     if recipe.model.dtype != "float32":
         train_model.to(built.model.dtype)
-    engine = initialize(train_model, recipe, world)
+    with launcher_env(rank, ctx.local_rank, world):  # DeepSpeed reads LOCAL_RANK here
+        engine = initialize(train_model, recipe, world)
     state = method.setup(recipe, engine, pad_id, **extra)
     dtype = next(p for p in engine.module.parameters()).dtype
 
