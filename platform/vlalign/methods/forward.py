@@ -133,6 +133,27 @@ def stack_pairs(batch: dict, pad_id: int) -> dict[str, Tensor]:
     return out
 
 
+def stacked_pair_inputs(
+    batch: dict, pad_id: int, features: BaseModelOutputWithPooling | None
+) -> tuple[dict[str, Tensor], dict]:
+    """Chosen + rejected as one [2B, T] batch and the model kwargs that carry its images.
+
+    With `features` (the B pairs' image features) each image serves its two rows through
+    `mm_encoder_outputs`; without, the image tensors are repeated (the vision tower runs twice).
+    Returns (input_ids/attention_mask/labels [2B, T], extra forward kwargs).
+    """
+    images = image_inputs(batch)
+    seq = stack_pairs(batch, pad_id)
+    extra = repeat_images({k: v for k, v in images.items() if k not in PIXEL_KEYS}, 2)
+    if "mm_token_type_ids" in seq:
+        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
+    if features is not None:
+        extra["mm_encoder_outputs"] = {"image": repeat_features(features, 2)}
+    else:
+        extra.update(repeat_images(images, 2))
+    return seq, extra
+
+
 @dataclass
 class PairOptions:
     """Switches of the pair forward (all on by default; the bench turns each off)."""
@@ -186,14 +207,7 @@ def pair_forward(
                 )
             )
         return results[0], results[1]
-    seq = stack_pairs(batch, pad_id)
-    extra = repeat_images(lm_image_keys, 2)
-    if "mm_token_type_ids" in seq:
-        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
-    if opts.share_vision and features is not None:
-        extra["mm_encoder_outputs"] = {"image": repeat_features(features, 2)}
-    else:
-        extra.update(repeat_images(images, 2))
+    seq, extra = stacked_pair_inputs(batch, pad_id, features if opts.share_vision else None)
     lp = sequence_forward(
         model,
         seq["input_ids"],

@@ -10,15 +10,7 @@ from torch import nn
 from vlalign.config.schema import Recipe
 from vlalign.losses import LossSpec, resolve_loss
 from vlalign.methods.base import StepOutput
-from vlalign.methods.forward import (
-    PIXEL_KEYS,
-    encode_images,
-    hf_model,
-    image_inputs,
-    repeat_features,
-    repeat_images,
-    stack_pairs,
-)
+from vlalign.methods.forward import encode_images, hf_model, image_inputs, stacked_pair_inputs
 
 
 class RewardModel(nn.Module):
@@ -72,22 +64,14 @@ def score_pairs(
     model: nn.Module, batch: dict, pad_id: int, share_vision: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of chosen and rejected [B] each, in one [2B, T] forward, images encoded once."""
-    seq = stack_pairs(batch, pad_id)
     images = image_inputs(batch)
-    extra = repeat_images({k: v for k, v in images.items() if k not in PIXEL_KEYS}, 2)
-    if "mm_token_type_ids" in seq:
-        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
     rm = (
         model.module
         if hasattr(model, "module") and isinstance(model.module, RewardModel)
         else model
     )
-    if images and share_vision:
-        extra["mm_encoder_outputs"] = {
-            "image": repeat_features(encode_images(rm.policy, images), 2)
-        }
-    elif images:
-        extra.update(repeat_images(images, 2))
+    features = encode_images(rm.policy, images) if images and share_vision else None
+    seq, extra = stacked_pair_inputs(batch, pad_id, features)
     r = model(seq["input_ids"], seq["attention_mask"], **extra)
     B = batch["chosen_input_ids"].shape[0]
     return r[:B], r[B:]
