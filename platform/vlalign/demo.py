@@ -112,7 +112,8 @@ def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> 
         f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, {dpo.train.max_steps} steps on {where}",
     )
     rd = _train(dpo, use_ray)
-    cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", rd.run_id)
+    # not logged here: publishing logs this scorecard to the DPO run with the model
+    cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", None)
 
     _say(
         "registry",
@@ -133,16 +134,14 @@ def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> 
 
 
 def _publish(recipe: Recipe, result, scorecard: Path) -> dict:
+    from vlalign.pipeline import publish_export
     from vlalign.tracking.promotion import PromotionRefused, promote
-    from vlalign.tracking.run_logger import RunLogger
+    from vlalign.tracking.store import resolve_store
 
-    logger = RunLogger(recipe)
-    logger.start(resume_run_id=result.run_id)
-    pub = logger.log_export(result.export_dir, scorecard)
-    logger.finish()
+    pub = publish_export(recipe, result.run_id, result.export_dir, scorecard)
     name = recipe.tracking.registered_model
     try:
-        promote(logger.store, name, pub.version, recipe.promotion)
+        promote(resolve_store(recipe.tracking.uri), name, pub.version, recipe.promotion)
         return {"model": name, "version": pub.version, "champion": True, "reasons": []}
     except PromotionRefused as e:
         return {"model": name, "version": pub.version, "champion": False, "reasons": [str(e)]}

@@ -53,19 +53,29 @@ def finish_run(recipe: Recipe, result: TrainResult, evaluate_export: bool = True
     fin = FinishResult(scorecard=card, scorecard_path=card_path)
     if not (recipe.tracking.enabled and result.run_id):
         return fin
-    from vlalign.tracking.run_logger import RunLogger
-
-    logger = RunLogger(recipe)
-    logger.start(resume_run_id=result.run_id)
-    try:
-        pub = logger.log_export(
-            result.export_dir, card_path if card_path and card_path.is_file() else card
-        )
-    except BaseException as e:
-        logger.fail(e)
-        raise
-    logger.finish()
+    pub = publish_export(
+        recipe,
+        result.run_id,
+        result.export_dir,
+        card_path if card_path and card_path.is_file() else card,
+    )
     fin.model_uri, fin.version = pub.model_uri, pub.version
     fin.promoted = pub.promoted is not None
     fin.refusal = str(pub.refused) if pub.refused is not None else None
     return fin
+
+
+def publish_export(recipe: Recipe, run_id: str, export_dir: Path | None, scorecard):
+    """Resume the run `run_id`, log the scorecard and the model, register it (and auto-promote as
+    the recipe asks); the run ends FAILED if this raises. Returns tracking's PublishResult."""
+    from vlalign.tracking.run_logger import RunLogger
+
+    logger = RunLogger(recipe)
+    logger.start(resume_run_id=run_id)
+    try:
+        pub = logger.log_export(export_dir, scorecard)
+    except BaseException as e:
+        logger.fail(e)
+        raise
+    logger.finish()
+    return pub
