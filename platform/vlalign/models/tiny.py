@@ -32,6 +32,7 @@ from transformers.models.idefics3 import Idefics3VisionConfig
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vlalign.cache import cache_dir
 from vlalign.models.processors import Qwen2VLImageOnlyProcessor
 from vlalign.models.tokenizer import train_tokenizer
 
@@ -283,8 +284,7 @@ def build_tiny(spec: TinySpec) -> tuple[PreTrainedModel, object]:
 
 def default_cache_dir() -> Path:
     """~/.cache/vlalign/models (XDG_CACHE_HOME respected)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "vlalign" / "models"
+    return cache_dir("models")
 
 
 def materialize(spec: TinySpec, cache_dir: str | Path | None = None) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from vlalign.cache import cache_dir
 from vlalign.config.schema import BUILTIN_MODELS, Recipe
 from vlalign.errors import VlalignError
 from vlalign.methods.forward import PairOptions, pair_forward
@@ -29,8 +30,7 @@ from vlalign.training.distributed import barrier
 
 
 def default_cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "vlalign" / "reference-logps"
+    return cache_dir("reference-logps")
 
 
 def _file_sha256(path: Path) -> str:
