@@ -68,6 +68,24 @@ def _kind(recipe: Recipe) -> str:
     return "sft" if recipe.method.name == "sft" else "preference"
 
 
+def _loader(recipe: Recipe, encoder, data: DataInfo, kind: str, rank: int, world: int, **kw):
+    """This rank's TrainLoader over the recipe's training split (kw: loop/shuffle/position...)."""
+    from data_pipeline.reader import TrainLoader
+
+    return TrainLoader(
+        data.train_location,
+        recipe.data.train_split,
+        kind=kind,
+        encoder=encoder,
+        batch_size=recipe.train.micro_batch_size,
+        rank=rank,
+        world_size=world,
+        seed=recipe.train.seed,
+        on_error=recipe.data.on_error,
+        **kw,
+    )
+
+
 def batch_stream(
     recipe: Recipe,
     encoder,
@@ -78,24 +96,19 @@ def batch_stream(
     start_position: int = 0,
 ) -> Iterator[tuple[dict, int]]:
     """Endless (batch, position) pairs for this rank; resumes at `start_position` samples."""
-    from data_pipeline.reader import TrainLoader
-
-    d, t = recipe.data, recipe.train
-    loader = TrainLoader(
-        data.train_location,
-        d.train_split,
-        kind=_kind(recipe),
-        encoder=encoder,
-        batch_size=t.micro_batch_size,
-        rank=rank,
-        world_size=world,
+    d = recipe.data
+    loader = _loader(
+        recipe,
+        encoder,
+        data,
+        _kind(recipe),
+        rank,
+        world,
         num_workers=d.num_workers,
-        seed=t.seed,
         loop=True,
         shuffle=d.shuffle_buffer > 0,
         shuffle_buffer=max(d.shuffle_buffer, 1),
         start_sample=start_position,
-        on_error=d.on_error,
     )
     for batch in loader:
         yield batch, loader.position
@@ -103,20 +116,6 @@ def batch_stream(
 
 def epoch_batches(recipe: Recipe, encoder, data: DataInfo, rank: int, world: int) -> Iterator[dict]:
     """One unshuffled epoch of preference batches of this rank's slice (reference precompute)."""
-    from data_pipeline.reader import TrainLoader
-
-    loader = TrainLoader(
-        data.train_location,
-        recipe.data.train_split,
-        kind="preference",
-        encoder=encoder,
-        batch_size=recipe.train.micro_batch_size,
-        rank=rank,
-        world_size=world,
-        num_workers=0,
-        seed=recipe.train.seed,
-        loop=False,
-        shuffle=False,
-        on_error=recipe.data.on_error,
+    yield from _loader(
+        recipe, encoder, data, "preference", rank, world, num_workers=0, loop=False, shuffle=False
     )
-    yield from loader
