@@ -16,22 +16,58 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlalign.config.loading import load_recipe
 from vlalign.config.schema import Recipe
 
-QUICK = {
-    "pairs": 256,
-    "eval_pairs": 100,
-    "sft": ["train.max_steps=150"],
-    "dpo": ["train.max_steps=80"],
-}
-FULL = {"pairs": 512, "eval_pairs": 200, "sft": [], "dpo": []}
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much the demo does: data sizes and training steps (None: the recipe's own)."""
+
+    pairs: int
+    eval_pairs: int
+    sft_steps: int | None = None
+    dpo_steps: int | None = None
+
+    def steps(self, stage: str) -> list[str]:
+        n = self.sft_steps if stage == "sft" else self.dpo_steps
+        return [] if n is None else [f"train.max_steps={n}"]
 
 
-def _say(stage: str, text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {stage:<8} {text}", flush=True)
+FULL = DemoPlan(pairs=512, eval_pairs=200)
+QUICK = DemoPlan(pairs=256, eval_pairs=100, sft_steps=150, dpo_steps=80)
+
+
+class _Status:
+    """Status lines: wall clock, time since the demo started, stage, what happens now."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def __call__(self, stage: str, text: str) -> None:
+        m, s = divmod(int(self.elapsed()), 60)
+        print(f"[{time.strftime('%H:%M:%S')} +{m}:{s:02d}] {stage:<8} {text}", flush=True)
+
+
+@contextmanager
+def _cluster(recipe: Recipe, use_ray: bool, say: _Status) -> Iterator[None]:
+    """One local Ray cluster for both training stages (started once, not once per stage)."""
+    if not use_ray:
+        yield
+        return
+    from vlalign.orchestration.cluster import ray_cluster
+
+    with ray_cluster(None, recipe) as where:
+        say("ray", f"started {where}")
+        yield
 
 
 def _train(recipe: Recipe, use_ray: bool):
@@ -59,12 +95,13 @@ def _evaluate(model_ref: str, data: Path, recipe: Recipe, out: Path, name: str, 
     )
 
 
-def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> dict:
+def run_demo(
+    out: Path, plan: DemoPlan, seed: int = 0, use_ray: bool = True, workers: int = 2
+) -> dict:
     """Run every stage; returns {"scorecards": {...}, "promotion": {...}} (also written as JSON)."""
     from data_pipeline.synth import synthesize
     from vlalign.tracking.store import pin_store
 
-    plan = QUICK if quick else FULL
     out = out.resolve()
     data = out / "data"
     common = [
@@ -75,24 +112,24 @@ def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> 
         f"resources.num_workers={workers}",
         f"train.output_dir={out}/{{name}}",
     ]
-    t0 = time.time()
+    say = _Status()
 
-    _say(
+    say(
         "data",
-        f"synthesizing {plan['pairs']} pairs + {plan['eval_pairs']} held-out eval prompts -> {data}",
+        f"synthesizing {plan.pairs} pairs + {plan.eval_pairs} held-out eval prompts -> {data}",
     )
     synthesize(
         data,
-        pairs=plan["pairs"],
+        pairs=plan.pairs,
         seed=seed,
-        eval_pairs=plan["eval_pairs"],
+        eval_pairs=plan.eval_pairs,
         overwrite=True,
         progress=True,
     )
 
-    sft = pin_store(load_recipe("tiny/demo-sft", common + plan["sft"]))
+    sft = pin_store(load_recipe("tiny/demo-sft", common + plan.steps("sft")))
     cards = {}
-    _say("base", "evaluating the untrained model")
+    say("base", "evaluating the untrained model")
     cards["base"] = _evaluate(f"builtin:{sft.model.name}", data, sft, out, "base", None)
 
     where = (
@@ -100,30 +137,34 @@ def run_demo(out: Path, quick: bool, seed: int, use_ray: bool, workers: int) -> 
         if use_ray
         else f"{workers} local processes"
     )
-    _say("sft", f"SFT with LoRA, {sft.train.max_steps} steps on {where}")
-    rs = _train(sft, use_ray)
-    cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
+    with _cluster(sft, use_ray, say):
+        say("sft", f"SFT with LoRA, {sft.train.max_steps} steps on {where}")
+        rs = _train(sft, use_ray)
+        cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
 
-    dpo = pin_store(
-        load_recipe("tiny/demo", [*common, f"model.name={rs.export_dir}/merged", *plan["dpo"]])
-    )
-    _say(
-        "dpo",
-        f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, {dpo.train.max_steps} steps on {where}",
-    )
-    rd = _train(dpo, use_ray)
+        dpo = pin_store(
+            load_recipe(
+                "tiny/demo", [*common, f"model.name={rs.export_dir}/merged", *plan.steps("dpo")]
+            )
+        )
+        say(
+            "dpo",
+            f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, "
+            f"{dpo.train.max_steps} steps on {where}",
+        )
+        rd = _train(dpo, use_ray)
     # not logged here: publishing logs this scorecard to the DPO run with the model
     cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", None)
 
-    _say(
+    say(
         "registry",
         f"registering the DPO model as {dpo.tracking.registered_model!r}, checking the gates",
     )
     promotion = _publish(dpo, rd, out / "eval" / "dpo" / "scorecard.json")
     summary = {
         "seed": seed,
-        "quick": quick,
-        "seconds": round(time.time() - t0, 1),
+        "plan": asdict(plan),
+        "seconds": round(say.elapsed(), 1),
         "scorecards": {k: v.to_dict()["metrics"] for k, v in cards.items()},
         "per_category": {k: v.to_dict()["per_category"] for k, v in cards.items()},
         "promotion": promotion,
@@ -191,7 +232,8 @@ def print_table(summary: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    summary = run_demo(Path(args.out), args.quick, args.seed, not args.no_ray, args.workers)
+    plan = QUICK if args.quick else FULL
+    summary = run_demo(Path(args.out), plan, args.seed, not args.no_ray, args.workers)
     print_table(summary)
     return 0
 

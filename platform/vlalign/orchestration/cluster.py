@@ -85,14 +85,17 @@ def ray_cluster(address: str | None, recipe: Recipe) -> Iterator[str]:
     target = resolve_address(address, recipe)
     if target is None:
         use_local_only_mode()
-        ray.init(
+        ctx = ray.init(
             address="local",
             num_cpus=local_cpus(recipe),
-            include_dashboard=False,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             log_to_driver=True,
             configure_logging=False,
         )
         where = f"a local Ray cluster ({local_cpus(recipe)} logical CPUs)"
+        if ctx.dashboard_url:
+            where += f", dashboard http://{ctx.dashboard_url}"
     else:
         if is_loopback(target):
             use_local_only_mode()

@@ -26,12 +26,14 @@ import binascii
 import io
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import yaml
 
 from vlalign.config import Recipe, recipe_to_yaml
@@ -190,9 +192,9 @@ class VLMPolicy(mlflow.pyfunc.PythonModel):
             device=cfg.get("device") or "cpu",
         )
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
-        import pandas as pd
-
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[str]:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in df.columns:
             raise VlalignError("request: column 'prompt' is required (and 'image' for images)")
@@ -247,13 +249,17 @@ def log_policy_model(export_dir: str | Path, recipe: Recipe, name: str = "model"
         meta.mkdir()
         (meta / EXPORT_INFO).write_text(json.dumps(info, indent=2))
         (meta / RECIPE_FILE).write_text(recipe_to_yaml(recipe))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(ENTRY),
-            artifacts={"export": str(export_dir), "vlalign": str(meta)},
-            signature=signature(),
-            pip_requirements=pip_requirements(),
-            metadata={"vlalign_kind": info["kind"], "vlalign_family": info["family"]},
-            # load-time options (mlflow.pyfunc.load_model(..., model_config={...})); "": default
-            model_config={"cache_dir": "", "device": "cpu"},
-        )
+        with warnings.catch_warnings():
+            # The signature below is explicit, so MLflow's advice to infer one from an input
+            # example (which would load and run the model at logging time) is noise.
+            warnings.filterwarnings("ignore", message=r".*input example was not provided")
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(ENTRY),
+                artifacts={"export": str(export_dir), "vlalign": str(meta)},
+                signature=signature(),
+                pip_requirements=pip_requirements(),
+                metadata={"vlalign_kind": info["kind"], "vlalign_family": info["family"]},
+                # load-time options (mlflow.pyfunc.load_model(..., model_config={...})); "": default
+                model_config={"cache_dir": "", "device": "cpu"},
+            )

@@ -4,6 +4,7 @@ a torch AdamW handed to DeepSpeed (no fused-Adam build), the warmup + decay sche
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ from vlalign.config.loading import deep_merge
 from vlalign.config.schema import Recipe
 from vlalign.errors import VlalignError
 from vlalign.training.schedule import make_scheduler
+
+# DeepSpeed (0.19) ZeRO still calls torch.distributed.all_gather_into_tensor, deprecated in torch
+# 2.13; the FutureWarning is addressed to DeepSpeed, not to our users.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch.distributed.all_gather_into_tensor` is deprecated",
+    category=FutureWarning,
+)
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "cluster" / "deepspeed"
 
