@@ -1,8 +1,9 @@
 """Scoring preference pairs with a model: implicit rewards of a policy, or a reward model's scores.
 
-Each answer is scored in its own forward (input_ids [1, T]), so a pair's numbers never depend
-on what else is in a batch or on which worker scores it: the scorecard stays identical for any
-number of workers. The policy's implicit reward of an answer is log pi(y|x) - log pi_ref(y|x):
+Each pair is scored in its own forward: chosen and rejected as one [2, T] batch with the image
+encoded once (the training path, `methods.forward.pair_forward`), so a pair's numbers never
+depend on what else is in a batch or on which worker scores it: the scorecard stays identical
+for any number of workers. The policy's implicit reward of an answer is log pi(y|x) - log pi_ref(y|x):
 the reference is the same PEFT model with its adapter disabled, or, for a fully fine-tuned
 export, the base model it recorded. A reward model's score is its value head's output.
 """
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 import torch
 
 from vlalign.evaluation.metrics import implicit_rewards, reward_scores
-from vlalign.logprobs import sequence_logprobs
 from vlalign.models.inputs import ChatEncoder
 
 
@@ -26,24 +26,25 @@ def has_pair(sample: dict) -> bool:
 def pair_logps(
     model, encoder: ChatEncoder, pairs: Sequence[dict], chunk_size: int = 1024
 ) -> list[tuple[float, float]]:
-    """(summed log-prob of chosen, of rejected) per pair; logits [1, T, V] per answer."""
+    """(summed log-prob of chosen, of rejected) per pair; one [2, T] forward per pair."""
+    from data_pipeline.collate import collate_pairs
+    from vlalign.methods.forward import PairOptions, pair_forward
+
     device = next(model.parameters()).device
+    pad_id = encoder.tokenizer.pad_token_id
+    opts = PairOptions(chunk_size=chunk_size)
     out: list[tuple[float, float]] = []
     for s in pairs:
         ex = encoder.pair_example(
             list(s.get("images") or []), s["prompt"], s["chosen"], s["rejected"]
         )
-        images = {k: v.to(device) for k, v in ex["image_inputs"].items()}
-        sums = []
-        for side in ("chosen", "rejected"):
-            ids = ex[f"{side}_input_ids"].unsqueeze(0).to(device)  # [1, T]
-            labels = ex[f"{side}_labels"].unsqueeze(0).to(device)  # [1, T]
-            with torch.inference_mode():
-                logits = model(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **images
-                ).logits
-            sums.append(float(sequence_logprobs(logits, labels, chunk_size).sum[0]))
-        out.append((sums[0], sums[1]))
+        batch = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in collate_pairs([ex], pad_id).items()
+        }
+        with torch.inference_mode():
+            chosen, rejected = pair_forward(model, batch, pad_id, opts)
+        out.append((float(chosen.sum[0]), float(rejected.sum[0])))
     return out
 
 
