@@ -39,7 +39,7 @@ def test_table_names_every_stage_and_the_verdict():
         "seed": 3,
         "sft_steps": 150,
         "dpo_steps": 250,
-        "control_steps": 400,
+        "sft_control_steps": 400,
         "sft": {**rates(1.0, 0.4), "text_validity_rate": 1.0},
         "dpo": {**rates(1.0, 0.0), "text_validity_rate": 1.0},
         "sft_control": {**rates(1.0, 0.1), "text_validity_rate": 1.0},
