@@ -44,6 +44,7 @@ def run_seed(
     dpo_over: list[str],
     control: bool,
     pairs: int = 512,
+    model_seed: int | None = None,
 ) -> dict:
     import torch
 
@@ -60,7 +61,7 @@ def run_seed(
         f"data.train={data}",
         "tracking.enabled=false",
         f"train.seed={seed}",
-        f"model.seed={seed}",
+        f"model.seed={seed if model_seed is None else model_seed}",
         "resources.num_workers=1",
         "train.micro_batch_size=16",
         "engine.zero_stage=0",
@@ -123,6 +124,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pairs", type=int, default=512, help="training pairs synthesized per seed")
+    ap.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="weights of the built-in base model (default: each run's seed; fix it to vary only "
+        "data, LoRA init and order, as with one pretrained checkpoint)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once (1 thread each)")
     ap.add_argument("--sft-steps", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--dpo-steps", type=int, default=None, help="default: the recipe's")
@@ -140,12 +148,17 @@ def main() -> None:
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             futs = [
-                pool.submit(run_seed, s, root, sft_over, dpo_over, args.control, args.pairs)
+                pool.submit(
+                    run_seed, s, root, sft_over, dpo_over, args.control, args.pairs, args.model_seed
+                )
                 for s in args.seeds
             ]
             rows = [f.result() for f in futs]
     else:
-        rows = [run_seed(s, root, sft_over, dpo_over, args.control, args.pairs) for s in args.seeds]
+        rows = [
+            run_seed(s, root, sft_over, dpo_over, args.control, args.pairs, args.model_seed)
+            for s in args.seeds
+        ]
     print(_table(rows))
     ok = all(r["verdict"]["targets"] and r["verdict"]["dpo_better_than_sft"] for r in rows)
     print(

@@ -72,6 +72,8 @@ def ensure_process_group(device: torch.device) -> tuple[int, int]:
     DeepSpeed needs a process group even for one process. A launcher's group (torchrun-style
     env, Ray Train) is reused; otherwise a private loopback group is made without os.environ.
     """
+    if device.type == "cpu":  # say so, rather than let DeepSpeed probe and warn on every rank
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     import deepspeed
