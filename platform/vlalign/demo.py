@@ -40,7 +40,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(pairs=512, eval_pairs=200)
-QUICK = DemoPlan(pairs=256, eval_pairs=100, sft_steps=150, dpo_steps=80)
+QUICK = DemoPlan(pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120)
 
 
 class _Status:

@@ -137,6 +137,7 @@ def train_worker(config: dict[str, Any]) -> None:
             restore_from=Path(restore) if restore else None,
             report=_report_fn(local_rank, Path(restore) if restore else None),
             on_step=config.get("on_step"),
+            ray_progress=True,
         )
         run_training(recipe, ctx)
 

@@ -37,6 +37,8 @@ class TrainContext:
     # Batch source with the signature of `vlalign.training.data.batch_stream` (yields
     # (batch, position)); None streams webdataset shards. Ray's `data.reader: ray_data` sets it.
     batches: Callable | None = None
+    # Inside a Ray worker: the progress bar is Ray's (drawn by the driver), not a local tqdm.
+    ray_progress: bool = False
 
     @property
     def is_main(self) -> bool:

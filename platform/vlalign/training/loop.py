@@ -250,9 +250,26 @@ def _step_metrics(
 
 
 def _progress(ctx: TrainContext, total: int, start: int):
-    """A tqdm bar on rank 0 (a no-op elsewhere); call with (step, metrics), then (None, None)."""
+    """A progress bar on rank 0 (a no-op elsewhere); call with (step, metrics), then (None, None).
+
+    In a Ray worker it is Ray's tqdm, which the driver draws as one bar (a plain tqdm there would
+    print a line per refresh through Ray's log forwarding)."""
     if not ctx.is_main:
         return lambda *_: None
+    if ctx.ray_progress:
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+        rbar = ray_tqdm(desc="train", total=total, unit="step")
+        rbar.n = start
+
+        def update_ray(step, metrics):
+            if step is None:
+                rbar.close()
+                return
+            rbar.set_description(f"train loss={metrics['loss']:.4f} lr={metrics['lr']:.2e}")
+            rbar.update(step - rbar.n)
+
+        return update_ray
     from tqdm.auto import tqdm
 
     bar = tqdm(
