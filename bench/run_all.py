@@ -22,7 +22,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ORDER = ("data_throughput", "logprobs_memory", "dpo_step")
 ENTRY = 'if __name__ == "__main__":'
-# Long studies run only when named with --only (alignment_seeds trains 3 seeds: ~15 min on CPU).
+# Long studies run only when named with --only (alignment_seeds trains 3 seeds: 10-15 min on 2 cores).
 ON_REQUEST = ("alignment_seeds",)
 
 
