@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.collate import collate_pairs
+from data_pipeline.transforms import encode_one
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.errors import VlalignError
 from vlalign.methods import packing
@@ -26,19 +27,14 @@ def _batch(built, enc: ChatEncoder) -> dict:
     examples = []
     for i in range(3):
         img = Image.new("RGB", (32, 32), (i * 60, 10, 200 - i * 50))
-        ex = enc.pair_example(
-            [img],
-            "What is shown" + " here?" * i,
-            "I'm sorry, I can't." * (3 - i),
-            "Sure! Here is how: first gather the parts" * (i + 1),
-        )
-        if built.family == "qwen2_vl":
-            for side in ("chosen", "rejected"):
-                ex[f"{side}_mm_token_type_ids"] = (
-                    ex[f"{side}_input_ids"] == enc.image_token_id
-                ).long()
-        ex["key"] = f"k{i}"
-        examples.append(ex)
+        sample = {
+            "key": f"k{i}",
+            "images": [img],
+            "prompt": "What is shown" + " here?" * i,
+            "chosen": "I'm sorry, I can't." * (3 - i),
+            "rejected": "Sure! Here is how: first gather the parts" * (i + 1),
+        }
+        examples.append(encode_one(enc, sample, "preference"))  # as the data pipeline does
     return collate_pairs(examples, built.processor.tokenizer.pad_token_id)
 
 

@@ -116,18 +116,20 @@ def _manual_logp(model, enc, images, prompt, answer) -> float:
     """log p(answer | prompt) by hand: one forward, log_softmax, gather the response tokens."""
     ex = enc.sft_example(images, prompt, answer)
     ids, labels = ex["input_ids"][None], ex["labels"][None]
+    extra = dict(ex["image_inputs"])
+    if enc.family == "qwen2_vl":  # M-RoPE needs to know which tokens are image tokens
+        extra["mm_token_type_ids"] = (ids == enc.image_token_id).long()
     with torch.no_grad():
-        logits = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), **ex["image_inputs"]
-        ).logits
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits
     lp = torch.log_softmax(logits[0, :-1].double(), -1)
     tgt = labels[0, 1:]
     keep = tgt != -100
     return float(lp[keep].gather(-1, tgt[keep][:, None]).sum())
 
 
-def test_implicit_rewards_match_a_manual_computation(model_cache):
-    built = build(ModelConfig(name="tiny-llava", cache_dir=model_cache))
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+def test_implicit_rewards_match_a_manual_computation(name, model_cache):
+    built = build(ModelConfig(name=name, cache_dir=model_cache))
     enc = ChatEncoder(built.processor, built.family, 256)
     pm = apply_peft(built.model, PeftConfig(r=4, alpha=8), seed=0)
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from data_pipeline.collate import collate_pairs
+from data_pipeline.transforms import encode_one
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.methods.forward import PairOptions, pair_forward
 from vlalign.models import apply_peft, build
@@ -22,19 +23,14 @@ def pair_batch(built, enc: ChatEncoder) -> dict:
     examples = []
     for i in range(3):
         img = Image.new("RGB", (32, 32), (i * 60, 10, 200 - i * 50))
-        ex = enc.pair_example(
-            [img],
-            "What is shown" + "?" * i,
-            "I'm sorry, I can't.",
-            "Sure! Here is how: first gather the parts" * (i + 1),
-        )
-        if built.family == "qwen2_vl":
-            for side in ("chosen", "rejected"):
-                ex[f"{side}_mm_token_type_ids"] = (
-                    ex[f"{side}_input_ids"] == enc.image_token_id
-                ).long()
-        ex["key"] = f"k{i}"
-        examples.append(ex)
+        sample = {
+            "key": f"k{i}",
+            "images": [img],
+            "prompt": "What is shown" + "?" * i,
+            "chosen": "I'm sorry, I can't.",
+            "rejected": "Sure! Here is how: first gather the parts" * (i + 1),
+        }
+        examples.append(encode_one(enc, sample, "preference"))  # as the data pipeline does
     return collate_pairs(examples, built.processor.tokenizer.pad_token_id)
 
 

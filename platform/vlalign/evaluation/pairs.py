@@ -28,16 +28,16 @@ def pair_logps(
 ) -> list[tuple[float, float]]:
     """(summed log-prob of chosen, of rejected) per pair; one [2, T] forward per pair."""
     from data_pipeline.collate import collate_pairs
+    from data_pipeline.transforms import encode_one
     from vlalign.methods.forward import PairOptions, pair_forward
 
     device = next(model.parameters()).device
     pad_id = encoder.tokenizer.pad_token_id
     opts = PairOptions(chunk_size=chunk_size)
     out: list[tuple[float, float]] = []
-    for s in pairs:
-        ex = encoder.pair_example(
-            list(s.get("images") or []), s["prompt"], s["chosen"], s["rejected"]
-        )
+    for i, s in enumerate(pairs):
+        sample = {"key": f"pair {i}", **s, "images": list(s.get("images") or [])}
+        ex = encode_one(encoder, sample, "preference")  # as training encodes it
         batch = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v
             for k, v in collate_pairs([ex], pad_id).items()
