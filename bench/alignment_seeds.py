@@ -22,6 +22,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 METRICS = ("harmful_refusal_rate", "benign_refusal_rate", "text_validity_rate")
@@ -145,20 +146,20 @@ def main() -> None:
     sft_over = [*args.sft_set, *([f"train.max_steps={args.sft_steps}"] if args.sft_steps else [])]
     dpo_over = [*args.dpo_set, *([f"train.max_steps={args.dpo_steps}"] if args.dpo_steps else [])]
     t0 = time.time()
+    one = partial(
+        run_seed,
+        root=root,
+        sft_over=sft_over,
+        dpo_over=dpo_over,
+        control=args.control,
+        pairs=args.pairs,
+        model_seed=args.model_seed,
+    )
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            futs = [
-                pool.submit(
-                    run_seed, s, root, sft_over, dpo_over, args.control, args.pairs, args.model_seed
-                )
-                for s in args.seeds
-            ]
-            rows = [f.result() for f in futs]
+            rows = list(pool.map(one, args.seeds))
     else:
-        rows = [
-            run_seed(s, root, sft_over, dpo_over, args.control, args.pairs, args.model_seed)
-            for s in args.seeds
-        ]
+        rows = [one(s) for s in args.seeds]
     print(_table(rows))
     ok = all(r["verdict"]["targets"] and r["verdict"]["dpo_better_than_sft"] for r in rows)
     print(

@@ -194,7 +194,7 @@ def published_config_and_processor(shape: str, image_size: int, shrink: bool = F
     )
 
     from vlalign.models.processors import Qwen2VLImageOnlyProcessor
-    from vlalign.models.tiny import LLAVA_TEMPLATE, QWEN_TEMPLATE
+    from vlalign.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE
     from vlalign.models.tokenizer import train_tokenizer
 
     if shape == "llava-1.5-7b":
@@ -214,15 +214,7 @@ def published_config_and_processor(shape: str, image_size: int, shrink: bool = F
         )
         return cfg, proc
     if shape == "qwen2-vl-2b":
-        specials = [
-            "<|im_start|>",
-            "<|im_end|>",
-            "<|vision_start|>",
-            "<|vision_end|>",
-            "<|image_pad|>",
-            "<|video_pad|>",
-        ]
-        tok = train_tokenizer(specials, QWEN_TEMPLATE)
+        tok = train_tokenizer(list(QWEN_SPECIALS), QWEN_TEMPLATE)
         cfg = _published_qwen2_vl(tok, shrink)
         px = image_size * image_size
         proc = Qwen2VLImageOnlyProcessor(

@@ -51,6 +51,15 @@ LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
 )
 
+# Qwen2-VL's special tokens (the chat turns, the vision span and its placeholders).
+QWEN_SPECIALS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 QWEN_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
@@ -159,20 +168,12 @@ def _build_llava(spec: TinySpec):
 def _build_qwen2_vl(spec: TinySpec):
     px, patch = spec.resolved_image_size, 8
     s = _SIZES[spec.size]
-    specials = [
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
-    tok = train_tokenizer(specials, QWEN_TEMPLATE)
+    tok = train_tokenizer(list(QWEN_SPECIALS), QWEN_TEMPLATE)
     head_dim = s["hidden"] // s["heads"]
     half = head_dim // 2
     t = half // 4
     mrope = [t, (half - t) // 2, half - t - (half - t) // 2]
-    ids = {k: tok.convert_tokens_to_ids(k) for k in specials}
+    ids = {k: tok.convert_tokens_to_ids(k) for k in QWEN_SPECIALS}
     text = dict(
         vocab_size=len(tok),
         hidden_size=s["hidden"],

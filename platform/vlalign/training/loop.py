@@ -256,31 +256,29 @@ def _progress(ctx: TrainContext, total: int, start: int):
     print a line per refresh through Ray's log forwarding)."""
     if not ctx.is_main:
         return lambda *_: None
-    if ctx.ray_progress:
+    if ctx.ray_progress:  # Ray's tqdm has no postfix: the figures go in the description
         from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
-        rbar = ray_tqdm(desc="train", total=total, unit="step")
-        rbar.n = start
+        bar = ray_tqdm(desc="train", total=total, unit="step")
+        bar.n = start
 
-        def update_ray(step, metrics):
-            if step is None:
-                rbar.close()
-                return
-            rbar.set_description(f"train loss={metrics['loss']:.4f} lr={metrics['lr']:.2e}")
-            rbar.update(step - rbar.n)
+        def show(m: dict) -> None:
+            bar.set_description(f"train loss={m['loss']:.4f} lr={m['lr']:.2e}")
+    else:
+        from tqdm.auto import tqdm
 
-        return update_ray
-    from tqdm.auto import tqdm
+        bar = tqdm(
+            total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False
+        )
 
-    bar = tqdm(
-        total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False
-    )
+        def show(m: dict) -> None:
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
 
     def update(step, metrics):
         if step is None:
             bar.close()
             return
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+        show(metrics)
 
     return update
