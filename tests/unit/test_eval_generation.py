@@ -177,7 +177,7 @@ def test_generative_judge_loads_like_any_model(model_cache, monkeypatch):
     """A built-in VLM as a text-only judge: asked the judge question per answer; its reply
     decides (a random model rarely says "yes", so the reply itself is checked, not the verdict)."""
     from vlalign.evaluation import generation
-    from vlalign.evaluation.refusal import JUDGE_QUESTION, make_detector
+    from vlalign.safety.refusal import JUDGE_QUESTION, make_detector
 
     seen: list[list[str]] = []
     real = generation.generate

@@ -9,7 +9,7 @@ from PIL import Image
 
 from vlalign.errors import VlalignError
 from vlalign.evaluation.metrics import compute_metrics, implicit_rewards, reward_scores
-from vlalign.evaluation.refusal import PhraseRefusalDetector
+from vlalign.safety.refusal import PhraseRefusalDetector
 from vlalign.evaluation.runner import score_rows
 from vlalign.evaluation.scorecard import (
     Scorecard,

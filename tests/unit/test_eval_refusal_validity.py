@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from vlalign.errors import VlalignError
-from vlalign.evaluation.refusal import (
+from vlalign.safety.refusal import (
     JudgeRefusalDetector,
     PhraseRefusalDetector,
     RefusalDetector,
     make_detector,
     normalize,
 )
-from vlalign.evaluation.validity import text_validity
+from vlalign.safety.validity import text_validity
 
 
 def test_normalize_quotes_case_punctuation():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "JudgeRefusalDetector": "vlalign.evaluation.refusal",
-    "PhraseRefusalDetector": "vlalign.evaluation.refusal",
-    "RefusalDetector": "vlalign.evaluation.refusal",
+    "JudgeRefusalDetector": "vlalign.safety.refusal",
+    "PhraseRefusalDetector": "vlalign.safety.refusal",
+    "RefusalDetector": "vlalign.safety.refusal",
     "Scorecard": "vlalign.evaluation.scorecard",
     "evaluate": "vlalign.evaluation.runner",
     "log_scorecard": "vlalign.evaluation.mlflow_log",
