@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BUILTIN_MODELS = ("tiny-llava", "tiny-qwen2-vl", "tiny-idefics3")
-MODEL_FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm")
-BUILTIN_FAMILY = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-idefics3": "idefics3"}
+BUILTIN_FAMILY: dict[str, str] = catalog.builtin_models()
+BUILTIN_MODELS = tuple(BUILTIN_FAMILY)
+MODEL_FAMILIES = tuple(catalog.FAMILIES)
+FamilyName = Literal[("auto", *MODEL_FAMILIES)]  # type: ignore[valid-type]
 
 
 class Section(BaseModel):
@@ -26,9 +27,9 @@ class ModelConfig(Section):
 
     name: str = Field(
         "tiny-llava",
-        description="Built-in tiny model (tiny-llava, tiny-qwen2-vl, tiny-idefics3), local directory or hub id.",
+        description=f"Built-in tiny model ({', '.join(BUILTIN_MODELS)}), local directory or hub id.",
     )
-    family: Literal["auto", "llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"] = Field(
+    family: FamilyName = Field(
         "auto",
         description="Model family (chat template, image tokens, LoRA anchor); auto: from the name or config.",
     )
