@@ -121,4 +121,44 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict:
     return out
 
 
-COLLATE = {"sft": collate_sft, "preference": collate_pairs}
+def mismatched(examples: list[dict]) -> list[dict]:
+    """KTO's mismatched examples: the prompt (and image) of example i with a completion of
+    example (i + 1) % B: its chosen one for even i, its rejected one for odd i.
+
+    Built from the encoded pairs (the prompt is an exact prefix of each sequence, tested per
+    family), so nothing is re-tokenized. Returns per-example kl_input_ids / kl_labels [T_i]
+    (and kl_mm_token_type_ids when the family uses them)."""
+    out = []
+    n = len(examples)
+    for i, ex in enumerate(examples):
+        other = examples[(i + 1) % n]
+        side = "chosen_" if i % 2 == 0 else "rejected_"
+        p, q = ex["prompt_len"], other["prompt_len"]
+        completion = other[f"{side}input_ids"][q:]
+        row = {
+            "kl_input_ids": torch.cat([ex["chosen_input_ids"][:p], completion]),
+            "kl_labels": torch.cat(
+                [torch.full((p,), IGNORE_INDEX, dtype=torch.long), other[f"{side}labels"][q:]]
+            ),
+        }
+        if "chosen_mm_token_type_ids" in ex:
+            row["kl_mm_token_type_ids"] = torch.cat(
+                [ex["chosen_mm_token_type_ids"][:p], torch.zeros_like(completion)]
+            )
+        out.append(row)
+    return out
+
+
+def collate_unpaired(examples: list[dict], pad_id: int) -> dict:
+    """KTO batch from pairs: the preference batch (chosen rows are the desirable completions,
+    rejected rows the undesirable ones; image once per pair) plus kl_input_ids /
+    kl_attention_mask / kl_labels [B, Tk] (and kl_mm_token_type_ids) of `mismatched` rows, row i
+    using image i. With one example the only completion is its own (no mismatch exists)."""
+    out = collate_pairs(examples, pad_id)
+    kl = _sequences(mismatched(examples), "kl_", pad_id)
+    out.update(kl)
+    out["n_tokens"] += int(kl["kl_attention_mask"].sum())
+    return out
+
+
+COLLATE = {"sft": collate_sft, "preference": collate_pairs, "unpaired": collate_unpaired}

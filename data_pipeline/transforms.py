@@ -16,7 +16,9 @@ Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask [1, N, H, W]).
 `mm_token_type_ids` (1 on image tokens) is added when the family's processor produces it.
 
 Training kind "sft" reads SFT records (response) and preference / eval records (chosen as the
-response); kind "preference" reads preference records and eval records that carry a pair.
+response); kind "preference" reads preference records and eval records that carry a pair;
+kind "unpaired" (KTO) encodes them as pairs, and `collate_unpaired` splits each pair into a
+desirable and an undesirable completion.
 
 `make_transform` maps one sample; `make_batch_transform` maps a list with one processor call
 (several times faster per sample; a test checks it gives exactly the per-sample result).
@@ -32,7 +34,7 @@ from data_pipeline.skips import OnError, SkipCounter, check_policy, handle
 from vlalign.errors import DataError
 from vlalign.models.inputs import TEXT_KEYS, ChatEncoder, EncodedPrompt
 
-TRAIN_KINDS = ("sft", "preference")
+TRAIN_KINDS = ("sft", "preference", "unpaired")
 _NESTED_IMAGES = ("idefics3", "smolvlm")  # processor wants images as one list per sample
 
 
@@ -54,7 +56,7 @@ def texts_of(sample: dict, kind: str) -> tuple[str, ...]:
         if text is None:
             raise DataError(f"{_where(sample)}: no response or chosen text for SFT")
         return (text,)
-    if kind == "preference":
+    if kind in ("preference", "unpaired"):  # unpaired (KTO) splits each pair in the collate
         if sample.get("chosen") is None or sample.get("rejected") is None:
             raise DataError(f"{_where(sample)}: a preference example needs chosen and rejected")
         return (sample["chosen"], sample["rejected"])

@@ -74,9 +74,7 @@ LOSSES: dict[str, LossInfo] = {
             "Chowdhury et al. 2024",
             label_smoothing=True,
         ),
-        LossInfo(
-            "ipo", "preference", "IPO on token-averaged log-ratios", "Azar et al. 2023"
-        ),
+        LossInfo("ipo", "preference", "IPO on token-averaged log-ratios", "Azar et al. 2023"),
         LossInfo("hinge", "preference", "SLiC hinge on the DPO log-ratio", "Zhao et al. 2023"),
         LossInfo(
             "simpo",

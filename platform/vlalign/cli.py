@@ -63,15 +63,45 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """List shipped recipes with their one-line descriptions."""
     from vlalign.config.loading import load_recipe, shipped_recipes
 
+    if args.catalog:
+        return _print_catalog()
     recipes = shipped_recipes()
     width = max((len(n) for n in recipes), default=10)
     for name, path in recipes.items():
         try:
             r = load_recipe(path)
-            desc, method = r.description, r.method.name
+            desc, method = f"{r.method.name}/{r.method.loss}", r.description
         except VlalignError as e:
-            desc, method = f"(invalid: {e})", "?"
-        print(f"{name:<{width}}  {method:<6}  {desc}")
+            desc, method = "?", f"(invalid: {e})"
+        print(f"{name:<{width}}  {desc:<20}  {method}")
+    return 0
+
+
+def _print_catalog() -> int:
+    """Methods, losses and model families vlalign knows (the catalog), one line each."""
+    from vlalign import catalog
+
+    print("methods (method.name):")
+    for m in catalog.METHODS.values():
+        losses = ", ".join(catalog.losses_for(m.name))
+        print(f"  {m.name:<8} {m.summary} [batches: {m.batch_kind}; losses: {losses}]")
+    print("losses (method.loss):")
+    for x in catalog.LOSSES.values():
+        flags = [
+            f
+            for f, on in (
+                ("reference-free", x.reference_free),
+                ("label smoothing", x.label_smoothing),
+            )
+            if on
+        ]
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        paper = f" ({x.paper})" if x.paper else ""
+        print(f"  {x.name:<14} {x.kind:<10} {x.summary}{paper}{extra}")
+    print("model families (model.family):")
+    for f in catalog.FAMILIES.values():
+        tiny = f" [built-in: {f.builtin}]" if f.builtin else ""
+        print(f"  {f.name:<11} {f.summary}{tiny}")
     return 0
 
 
@@ -131,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("ls", help="list the shipped recipes")
+    p = sub.add_parser("ls", help="list the shipped recipes (--catalog: methods, losses, families)")
+    p.add_argument(
+        "--catalog", action="store_true", help="list the methods, losses and model families"
+    )
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cp", help="copy a shipped recipe for editing")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 
-from vlalign.config.schema import LossName
+from vlalign import catalog
 from vlalign.errors import VlalignError
 from vlalign.losses import (
-    DEFAULT_LOSS,
     LOSSES,
     LossOutput,
     UnknownLossError,
@@ -225,7 +222,7 @@ def test_every_preference_loss_takes_the_common_signature_and_backprops(name: st
 
 
 def test_registry_covers_recipe_names_and_rejects_unknown() -> None:
-    for name in typing.get_args(LossName):
+    for name in catalog.LOSSES:
         assert get_loss(name).name == name
     with pytest.raises(UnknownLossError) as err:
         get_loss("dpo_v2")
@@ -235,7 +232,8 @@ def test_registry_covers_recipe_names_and_rejects_unknown() -> None:
 
 
 def test_resolve_loss_defaults_and_kind_mismatch() -> None:
-    assert {m: resolve_loss(m).name for m in DEFAULT_LOSS} == DEFAULT_LOSS
+    defaults = {m.name: m.default_loss for m in catalog.METHODS.values()}
+    assert {m: resolve_loss(m).name for m in defaults} == defaults
     assert resolve_loss("dpo", "ipo").fn is ipo_loss
     with pytest.raises(UnknownLossError, match="does not fit method 'dpo'.*sigmoid"):
         resolve_loss("dpo", "bradley_terry")

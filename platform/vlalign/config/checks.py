@@ -48,16 +48,17 @@ def check_recipe(recipe: Recipe) -> list[str]:
     _check_shards("eval.data", recipe.eval.data, problems)
     if recipe.engine.template is not None and not Path(recipe.engine.template).is_file():
         problems.append(f"engine.template: {recipe.engine.template!r} does not exist")
-    if (
-        recipe.method.reference == "adapter_disabled"
-        and recipe.peft.mode == "full"
-        and recipe.method.name == "dpo"
-    ):
+    reference = getattr(recipe.method, "reference", None)
+    if reference == "adapter_disabled" and recipe.peft.mode == "full":
         problems.append(
-            "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy or precomputed)"
+            "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy"
+            + (" or precomputed)" if recipe.method.name == "dpo" else ")")
         )
-    if recipe.method.loss in ("simpo", "orpo") and recipe.method.reference == "precomputed":
-        problems.append(f"method.reference: {recipe.method.loss} is reference-free; use none")
+    if recipe.method.info.batch_kind == "unpaired" and recipe.train.micro_batch_size < 2:
+        problems.append(
+            f"train.micro_batch_size: {recipe.method.name} estimates its KL reference point "
+            "from mismatched pairs in the micro-batch: use 2 or more"
+        )
     if recipe.tracking.registered_model is None and recipe.promotion.auto:
         problems.append("promotion.auto: needs tracking.registered_model")
     if recipe.promotion.auto and not recipe.promotion.gates:

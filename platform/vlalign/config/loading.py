@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vlalign.config.schema import Recipe
+from vlalign import catalog
+from vlalign.config.schema import METHOD_SECTIONS, Recipe
 from vlalign.errors import RecipeError
 
 RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
@@ -63,11 +64,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _switches_method(base: dict[str, Any], over: dict[str, Any]) -> bool:
+    """True when `over` names another method than `base`: its method section replaces the
+    base's (a DPO knob must not leak into an SFT recipe that extends a DPO one)."""
+    b, o = base.get("method"), over.get("method")
+    return (
+        isinstance(b, dict)
+        and isinstance(o, dict)
+        and "name" in o
+        and o["name"] != b.get("name", "sft")
+    )
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Merge `over` into a copy of `base`; nested mappings merge, everything else replaces."""
+    """Merge `over` into a copy of `base`; nested mappings merge, everything else replaces.
+
+    A `method` section that names another method replaces the base's whole."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if k == "method" and _switches_method(base, over):
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -97,8 +114,12 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def _schema_at(path: list[str]) -> type[BaseModel] | None:
-    """The pydantic model for a key path (['train']) or None when the path is not a section."""
+    """The pydantic model for a key path (['train']) or None when the path is not a section.
+
+    A `method` path carries its method name as a second element (['method', 'dpo'])."""
     model: type[BaseModel] = Recipe
+    if path[:1] == ["method"] and len(path) >= 2 and path[1] in METHOD_SECTIONS:
+        model, path = METHOD_SECTIONS[path[1]], path[2:]
     for key in path:
         field = model.model_fields.get(key)
         if field is None:
@@ -111,12 +132,12 @@ def _schema_at(path: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def _suggest(path: list[str]) -> str:
+def _suggest(path: list[str], shown: list[str]) -> str:
     model = _schema_at(path[:-1])
     if model is None:
         return ""
     hint = difflib.get_close_matches(path[-1], list(model.model_fields), n=1, cutoff=0.5)
-    return f" (did you mean {'.'.join([*path[:-1], hint[0]])!r}?)" if hint else ""
+    return f" (did you mean {'.'.join([*shown[:-1], hint[0]])!r}?)" if hint else ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -139,6 +160,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
+        method = out.get("method")
+        switches = isinstance(method, dict) and value != method.get("name", "sft")
+        if parts == ["method", "name"] and switches:  # another method: start its section anew
+            out["method"] = {}
         node = out
         for p in parts[:-1]:
             nxt = node.get(p)
@@ -154,15 +179,37 @@ def _format_errors(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
-        key = ".".join(loc) or "<top level>"
+        # A method section's errors carry the method's tag: method.dpo.beta -> method.beta.
+        shown = loc[:1] + loc[2:] if loc[:1] == ["method"] and loc[1:2] else loc
+        if loc[:1] == ["method"] and len(loc) > 1 and loc[1] not in METHOD_SECTIONS:
+            shown = loc
+        key = ".".join(shown) or "<top level>"
         if e["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key{_suggest(loc)}")
+            where = f" of method {loc[1]!r}" if shown is not loc and len(loc) > 1 else ""
+            problems.append(f"{key}: unknown key{where}{_suggest(loc, shown)}")
         elif e["type"] == "missing":
             problems.append(f"{key}: required key is missing")
+        elif shown == ["method", "loss"] and e["type"] == "literal_error":
+            fits = ", ".join(catalog.losses_for(loc[1]))
+            problems.append(
+                f"{key}: loss {e.get('input')!r} does not belong to method {loc[1]!r} "
+                f"(choose from {fits}; `vlalign ls --catalog` lists them all)"
+            )
+        elif e["type"] == "union_tag_invalid":
+            tag = e.get("ctx", {}).get("tag")
+            problems.append(
+                f"{key}.name: unknown method {tag!r}; valid methods: {', '.join(METHOD_SECTIONS)}"
+            )
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            msg = e["msg"].removeprefix("Value error, ")
+            field, sep, rest = msg.partition(": ")  # validators name their field first
+            if sep and field.isidentifier():
+                key, msg = f"{key}.{field}", rest
+            problems.append(f"{key}: {msg}")
         else:
             got = e.get("input")
-            shown = repr(got) if not isinstance(got, dict) else "a mapping"
-            problems.append(f"{key}: {e['msg']} (got {shown})")
+            shown_v = repr(got) if not isinstance(got, dict) else "a mapping"
+            problems.append(f"{key}: {e['msg']} (got {shown_v})")
     return problems
 
 

@@ -47,13 +47,40 @@ def _default(field) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _method_tables(description: str) -> list[str]:
+    """One table per method: `method.name` picks the section type (the catalog's methods)."""
+    from vlalign import catalog
+    from vlalign.config.schema import METHOD_SECTIONS
+
+    lines = [
+        "",
+        f"#### `method`: {description}",
+        "",
+        "`method.name` picks the method; each method has its own fields (`vlalign ls --catalog`).",
+    ]
+    for mname, model in METHOD_SECTIONS.items():
+        lines += [
+            "",
+            f"##### `method.name: {mname}`: {catalog.METHODS[mname].summary}",
+            "",
+            "| key | type | default | description |",
+            "| --- | --- | --- | --- |",
+        ]
+        for n, f in model.model_fields.items():
+            lines.append(
+                f"| `method.{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |"
+            )
+    return lines
+
+
 def render_reference() -> str:
     """Markdown tables, one per recipe section, with every field's type, default and description."""
     lines = [BEGIN, ""]
     top = [
         (n, f)
         for n, f in Recipe.model_fields.items()
-        if not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel)
+        if n != "method"
+        and (not isinstance(f.annotation, type) or not issubclass(f.annotation, BaseModel))
     ]
     lines += [
         "#### top level",
@@ -65,6 +92,9 @@ def render_reference() -> str:
         f"| `{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |" for n, f in top
     ]
     for name, field in Recipe.model_fields.items():
+        if name == "method":
+            lines += _method_tables(field.description)
+            continue
         model = field.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue

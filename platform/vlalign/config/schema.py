@@ -6,9 +6,11 @@ This module is the documentation of a recipe: README's recipe reference is gener
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from vlalign import catalog
 
 BUILTIN_FAMILY: dict[str, str] = catalog.builtin_models()
 BUILTIN_MODELS = tuple(BUILTIN_FAMILY)
@@ -123,22 +125,55 @@ class DataConfig(Section):
     synth_seed: int = Field(0, ge=0, description="Seed of synthesized data.")
 
 
-LossName = Literal["sft", "sigmoid", "ipo", "hinge", "simpo", "orpo", "bradley_terry"]
+def _losses(method: str) -> Any:
+    """Literal of the loss names a method accepts (from the catalog)."""
+    return Literal[tuple(catalog.losses_for(method))]  # type: ignore[valid-type]
 
 
-class MethodConfig(Section):
-    """Training method and its loss: sft, dpo (loss family by name) or reward (Bradley-Terry)."""
+class _MethodBase(Section):
+    """Fields every method has."""
 
-    name: Literal["sft", "dpo", "reward"] = Field("sft", description="Training method.")
-    loss: LossName | None = Field(
-        None,
-        description="Loss variant; default per method: sft->sft, dpo->sigmoid, reward->bradley_terry.",
+    logprob_chunk: int = Field(
+        1024, ge=1, description="Tokens per chunk when computing log-probs over the vocabulary."
+    )
+
+    @property
+    def info(self) -> catalog.MethodInfo:
+        """The method's catalog entry."""
+        return catalog.METHODS[self.name]  # type: ignore[attr-defined]
+
+    @property
+    def loss_info(self) -> catalog.LossInfo:
+        """The loss's catalog entry."""
+        return catalog.LOSSES[self.loss]  # type: ignore[attr-defined]
+
+
+class SftMethod(_MethodBase):
+    """Supervised fine-tuning: token cross-entropy over response tokens."""
+
+    name: Literal["sft"] = Field("sft", description="Training method.")
+    loss: _losses("sft") = Field("sft", description="Loss variant.")
+
+
+Reference = Literal["adapter_disabled", "frozen_copy", "precomputed", "none"]
+
+
+class DpoMethod(_MethodBase):
+    """DPO and its family, the loss chosen by name (catalog: kind preference)."""
+
+    name: Literal["dpo"] = Field("dpo", description="Training method.")
+    loss: _losses("dpo") = Field(
+        catalog.METHODS["dpo"].default_loss,
+        description="Loss variant: " + ", ".join(catalog.losses_for("dpo")) + ".",
     )
     beta: float = Field(
         0.1, gt=0, description="DPO temperature (SimPO: reward scale; ORPO: odds-ratio weight)."
     )
     label_smoothing: float = Field(
-        0.0, ge=0.0, lt=0.5, description="Conservative/robust DPO: assumed preference-label noise."
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Assumed preference-label noise (sigmoid: conservative DPO; robust: robust DPO).",
     )
     gamma: float = Field(
         0.5,
@@ -148,16 +183,13 @@ class MethodConfig(Section):
     nll_weight: float = Field(
         0.0, ge=0.0, description="Weight of an NLL term on the chosen answer (RPO); 0 disables it."
     )
-    reference: Literal["adapter_disabled", "frozen_copy", "precomputed", "none"] = Field(
+    reference: Reference = Field(
         "adapter_disabled",
-        description="DPO reference: LoRA disabled (no copy), a frozen copy, cached log-probs, or none.",
+        description="Reference: LoRA disabled (no copy), a frozen copy, cached log-probs, or none.",
     )
     reference_cache_dir: str | None = Field(
         None,
         description="Where precomputed reference log-probs are cached (default ~/.cache/vlalign/reference-logps).",
-    )
-    reward_margin: float = Field(
-        0.0, ge=0.0, description="Reward model: margin in the pairwise loss."
     )
     share_vision: bool = Field(
         True,
@@ -167,26 +199,74 @@ class MethodConfig(Section):
         False,
         description="Pack [prompt, chosen, rejected] into one row with a 4D mask: the shared prefix runs once.",
     )
-    logprob_chunk: int = Field(
-        1024, ge=1, description="Tokens per chunk when computing log-probs over the vocabulary."
-    )
 
     @model_validator(mode="after")
-    def _default_loss(self) -> MethodConfig:
-        allowed = {
-            "sft": {"sft"},
-            "dpo": {"sigmoid", "robust", "ipo", "hinge", "simpo", "orpo"},
-            "reward": {"bradley_terry"},
-        }[self.name]
-        if self.loss is None:
-            object.__setattr__(
-                self, "loss", sorted(allowed)[0] if self.name != "dpo" else "sigmoid"
-            )
-        elif self.loss not in allowed:
+    def _loss_fits(self) -> DpoMethod:
+        info = catalog.LOSSES[self.loss]
+        if self.label_smoothing > 0 and not info.label_smoothing:
+            takes = [n for n in catalog.losses_for("dpo") if catalog.LOSSES[n].label_smoothing]
             raise ValueError(
-                f"loss {self.loss!r} does not belong to method {self.name!r} (choose from {sorted(allowed)})"
+                f"label_smoothing: {self.label_smoothing} is not used by loss {self.loss!r}; "
+                f"losses that take it: {', '.join(takes)}"
             )
+        if info.reference_free and self.reference == "precomputed":
+            raise ValueError(f"reference: loss {self.loss!r} is reference-free: use none")
+        if not info.reference_free and self.reference == "none":
+            raise ValueError(f"reference: loss {self.loss!r} needs a reference (not none)")
         return self
+
+
+class KtoMethod(_MethodBase):
+    """KTO on unpaired answers; preference pairs split into a desirable and an undesirable one."""
+
+    name: Literal["kto"] = Field("kto", description="Training method.")
+    loss: _losses("kto") = Field("kto", description="Loss variant.")
+    beta: float = Field(0.1, gt=0, description="KTO temperature on the policy/reference log-ratio.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight lambda_D of desirable examples.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="Weight lambda_U of undesirable examples."
+    )
+    reference: Literal["adapter_disabled", "frozen_copy"] = Field(
+        "adapter_disabled", description="Reference: LoRA disabled (no copy) or a frozen copy."
+    )
+
+
+class RewardMethod(_MethodBase):
+    """Reward model: the VLM with a scalar head trained on preference pairs."""
+
+    name: Literal["reward"] = Field("reward", description="Training method.")
+    loss: _losses("reward") = Field("bradley_terry", description="Loss variant.")
+    reward_margin: float = Field(0.0, ge=0.0, description="Margin in the pairwise loss.")
+    share_vision: bool = Field(
+        True,
+        description="Run the vision tower once per pair and share its features (when supported).",
+    )
+
+
+METHOD_SECTIONS: dict[str, type[_MethodBase]] = {
+    "sft": SftMethod,
+    "dpo": DpoMethod,
+    "kto": KtoMethod,
+    "reward": RewardMethod,
+}
+assert set(METHOD_SECTIONS) == set(catalog.METHODS), "catalog and schema disagree on methods"
+
+
+def _method_tag(value: Any) -> str:
+    """The method a `method:` mapping names (sft when it names none)."""
+    if isinstance(value, dict):
+        return value.get("name", "sft")
+    return getattr(value, "name", "sft")
+
+
+MethodConfig = Annotated[
+    Annotated[SftMethod, Tag("sft")]
+    | Annotated[DpoMethod, Tag("dpo")]
+    | Annotated[KtoMethod, Tag("kto")]
+    | Annotated[RewardMethod, Tag("reward")],
+    Discriminator(_method_tag),
+]
+"""The `method` section: one section type per method, chosen by `method.name`."""
 
 
 class TrainConfig(Section):
@@ -325,7 +405,9 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model to fine-tune.")
     peft: PeftConfig = Field(default_factory=PeftConfig, description="LoRA or full fine-tuning.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training and eval data.")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="Method and loss.")
+    method: MethodConfig = Field(
+        default_factory=SftMethod, description="Method and its loss (fields depend on the method)."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimization loop.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="DeepSpeed engine.")
     resources: ResourcesConfig = Field(

@@ -16,10 +16,10 @@ from vlalign.errors import DataError, VlalignError
 from vlalign.evaluation.generation import GenerationSettings
 from vlalign.evaluation.metrics import EvalRow, compute_metrics
 from vlalign.evaluation.model_ref import ModelSpec, resolve_model_ref
-from vlalign.safety.refusal import RefusalDetector, make_detector
 from vlalign.evaluation.scorecard import Scorecard, write_outputs
-from vlalign.safety.validity import Validity, text_validity
 from vlalign.evaluation.worker import EvalJob, evaluate_slice, iter_eval_samples
+from vlalign.safety.refusal import RefusalDetector, make_detector
+from vlalign.safety.validity import Validity, text_validity
 
 N_SAMPLES = 8  # rows kept in the scorecard's "samples"
 

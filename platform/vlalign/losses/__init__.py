@@ -17,6 +17,12 @@ Three kinds, each with one signature shared by its members:
   Every member accepts every keyword; one it does not use is ignored, except a non-zero
   ``label_smoothing``, which only `LossSpec.uses_label_smoothing` variants accept.
   Reference-free variants (`LossSpec.reference_free`) accept ``None`` references.
+- ``"unpaired"`` (KTO, `vlalign.losses.unpaired`)::
+
+      fn(policy_logps [N], ref_logps [N], desirable [N] bool,
+         kl_policy_logps [M], kl_ref_logps [M], *, beta,
+         desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput
+
 - ``"reward"``: ``fn(chosen_rewards [B], rejected_rewards [B], *, margin=0.0) -> LossOutput``.
 
 Every loss is the batch mean of per-pair losses, so micro-batches of equal size accumulate
@@ -28,34 +34,21 @@ rewards/rejected, rewards/accuracies and rewards/margins (`reward_metrics`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vlalign import catalog
+from vlalign.catalog import LossKind
 from vlalign.errors import VlalignError
-
-LossKind = Literal["sft", "preference", "reward"]
+from vlalign.losses.base import LossOutput
+from vlalign.losses.unpaired import kto_loss
 
 
 class UnknownLossError(VlalignError):
     """A loss name that is not registered, or one that does not fit the training method."""
-
-
-@dataclass
-class LossOutput:
-    """What a loss returns. loss: [] scalar with grad; rewards: [B] detached, or None (SFT).
-
-    ``metrics`` holds extra detached scalars a variant reports (ORPO: nll_loss, log_odds_ratio,
-    log_odds_chosen), named as TRL names them.
-    """
-
-    loss: Tensor
-    chosen_rewards: Tensor | None = None
-    rejected_rewards: Tensor | None = None
-    metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +340,7 @@ def bradley_terry_loss(
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered loss: its function and what it needs from the method."""
+    """A registered loss: its function and what it needs from the method (from the catalog)."""
 
     name: str
     fn: Callable[..., LossOutput]
@@ -357,55 +350,35 @@ class LossSpec:
     uses_label_smoothing: bool = False
 
 
-LOSSES: dict[str, LossSpec] = {
-    s.name: s
-    for s in (
-        LossSpec(
-            "sft", sft_loss, "sft", "mean token NLL over response tokens", reference_free=True
-        ),
-        LossSpec(
-            "sigmoid",
-            sigmoid_loss,
-            "preference",
-            "DPO; conservative DPO with label smoothing",
-            uses_label_smoothing=True,
-        ),
-        LossSpec(
-            "robust",
-            robust_loss,
-            "preference",
-            "robust DPO under label noise",
-            uses_label_smoothing=True,
-        ),
-        LossSpec("ipo", ipo_loss, "preference", "IPO on token-averaged log-probs"),
-        LossSpec("hinge", hinge_loss, "preference", "SLiC hinge on the DPO log-ratio"),
-        LossSpec(
-            "simpo",
-            simpo_loss,
-            "preference",
-            "SimPO, length-normalized, reference-free",
-            reference_free=True,
-            uses_label_smoothing=True,
-        ),
-        LossSpec(
-            "orpo",
-            orpo_loss,
-            "preference",
-            "ORPO odds ratio + chosen NLL, reference-free",
-            reference_free=True,
-        ),
-        LossSpec(
-            "bradley_terry",
-            bradley_terry_loss,
-            "reward",
-            "pairwise reward-model loss",
-            reference_free=True,
-        ),
-    )
-}
+def _functions() -> dict[str, Callable[..., LossOutput]]:
+    return {
+        "sft": sft_loss,
+        "sigmoid": sigmoid_loss,
+        "robust": robust_loss,
+        "ipo": ipo_loss,
+        "hinge": hinge_loss,
+        "simpo": simpo_loss,
+        "orpo": orpo_loss,
+        "kto": kto_loss,
+        "bradley_terry": bradley_terry_loss,
+    }
 
-METHOD_LOSS_KIND: dict[str, LossKind] = {"sft": "sft", "dpo": "preference", "reward": "reward"}
-DEFAULT_LOSS: dict[str, str] = {"sft": "sft", "dpo": "sigmoid", "reward": "bradley_terry"}
+
+FUNCTIONS: dict[str, Callable[..., LossOutput]] = _functions()
+"""Every loss function by name; the catalog holds their properties (a test keeps them equal)."""
+
+LOSSES: dict[str, LossSpec] = {
+    name: LossSpec(
+        name,
+        FUNCTIONS[name],
+        info.kind,
+        info.summary,
+        reference_free=info.reference_free,
+        uses_label_smoothing=info.label_smoothing,
+    )
+    for name, info in catalog.LOSSES.items()
+    if name in FUNCTIONS
+}
 
 
 def get_loss(name: str) -> LossSpec:
@@ -424,17 +397,16 @@ def resolve_loss(method: str, name: str | None = None) -> LossSpec:
     Raises `UnknownLossError` for an unknown method, an unknown loss, or a loss of another kind
     (e.g. method dpo with loss bradley_terry), naming the losses that fit.
     """
-    if method not in METHOD_LOSS_KIND:
+    if method not in catalog.METHODS:
         raise UnknownLossError(
-            f"method.name: unknown method {method!r}; valid methods: {', '.join(METHOD_LOSS_KIND)}"
+            f"method.name: unknown method {method!r}; valid methods: {', '.join(catalog.METHODS)}"
         )
-    spec = get_loss(DEFAULT_LOSS[method] if name is None else name)
-    kind = METHOD_LOSS_KIND[method]
-    if spec.kind != kind:
-        fitting = [s.name for s in LOSSES.values() if s.kind == kind]
+    info = catalog.METHODS[method]
+    spec = get_loss(info.default_loss if name is None else name)
+    if spec.kind != info.loss_kind:
         raise UnknownLossError(
             f"method.loss: {spec.name!r} is a {spec.kind} loss and does not fit method "
-            f"{method!r}; use one of: {', '.join(fitting)}"
+            f"{method!r}; use one of: {', '.join(catalog.losses_for(method))}"
         )
     return spec
 

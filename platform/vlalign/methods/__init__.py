@@ -1,10 +1,6 @@
-"""Training methods, one module each with the same functions in the same order:
-`setup(recipe, engine_model, pad_id) -> State`, `step(state, batch) -> StepOutput`, `metrics(sums, count)`.
-"""
+"""Training methods, one module each (the catalog names it), each a class implementing
+`vlalign.methods.base.Method`: prepare, setup, units, tokens, step, metrics."""
 
-from vlalign.methods import dpo, reward, sft
-from vlalign.methods.base import StepOutput
+from vlalign.methods.base import Method, Run, StepOutput, load_method
 
-METHODS = {"sft": sft, "dpo": dpo, "reward": reward}
-
-__all__ = ["METHODS", "StepOutput", "dpo", "reward", "sft"]
+__all__ = ["Method", "Run", "StepOutput", "load_method"]

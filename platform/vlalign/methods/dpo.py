@@ -9,16 +9,15 @@ pair (see `vlalign.methods.forward`).
 from __future__ import annotations
 
 import contextlib
-import copy
-from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vlalign.config.schema import Recipe
+from vlalign.config.schema import DpoMethod
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss, reward_metrics
-from vlalign.methods.base import StepOutput
+from vlalign.methods.base import Run, StepOutput, frozen_copy, mean_sums
 from vlalign.methods.forward import (
     PairOptions,
     encode_images,
@@ -26,122 +25,122 @@ from vlalign.methods.forward import (
     pair_forward,
     vision_is_trainable,
 )
+from vlalign.methods.reference_cache import load_or_compute
+from vlalign.models.unwrap import unwrap_peft
 
 
-@dataclass
-class State:
-    model: torch.nn.Module
-    loss: LossSpec
-    recipe: Recipe
-    pad_id: int
-    opts: PairOptions
-    reference: str
-    frozen_ref: torch.nn.Module | None = None
-    ref_cache: dict[str, tuple[float, float]] | None = None
-    batch_kind: str = "pairs"
-    extra: dict = field(default_factory=dict)
+class Dpo:
+    """Batches: chosen_* / rejected_* [B, T] + the images once per pair."""
 
+    batch_kind = "pairs"
 
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen reference copy (made before the engine wraps the policy)."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
+    def __init__(self, cfg: DpoMethod) -> None:
+        self.cfg = cfg
+        self.loss: LossSpec = resolve_loss("dpo", cfg.loss)
+        self.reference = "none" if self.loss.reference_free else cfg.reference
+        self.opts = PairOptions(
+            share_vision=cfg.share_vision, chunk_size=cfg.logprob_chunk, pack_prefix=cfg.pack_prefix
+        )
+        self.frozen_ref: nn.Module | None = None
+        self.ref_cache: dict[str, tuple[float, float]] | None = None
+        self.model: nn.Module | None = None
+        self.pad_id = 0
 
-
-def setup(
-    recipe: Recipe,
-    model: torch.nn.Module,
-    pad_id: int,
-    frozen_ref: torch.nn.Module | None = None,
-    ref_cache: dict | None = None,
-    **_,
-) -> State:
-    """Resolve the loss and the reference. Batches: chosen_*/rejected_* [B, T] + images once per pair."""
-    m = recipe.method
-    spec = resolve_loss("dpo", m.loss)
-    reference = "none" if spec.reference_free else m.reference
-    if reference == "none" and not spec.reference_free:
-        raise VlalignError(f"method.reference: loss {spec.name!r} needs a reference (not none)")
-    if reference == "frozen_copy" and frozen_ref is None:
-        raise VlalignError("method.reference: frozen_copy needs the reference copy from the loop")
-    if reference == "precomputed" and ref_cache is None:
-        raise VlalignError("method.reference: precomputed needs the reference cache from the loop")
-    opts = PairOptions(
-        share_vision=m.share_vision, chunk_size=m.logprob_chunk, pack_prefix=m.pack_prefix
-    )
-    return State(model, spec, recipe, pad_id, opts, reference, frozen_ref, ref_cache)
-
-
-def _shared_features(state: State, batch: dict) -> BaseModelOutputWithPooling | None:
-    """Image features computed once per pair, reused by policy and reference (frozen vision)."""
-    images = image_inputs(batch)
-    if not (state.opts.share_vision and images) or vision_is_trainable(state.model):
-        return None
-    with torch.no_grad():
-        return encode_images(state.model, images)
-
-
-def reference_logps(state: State, batch: dict, features) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference summed log-probs of chosen and rejected [B] (no grad)."""
-    if state.reference == "precomputed":
-        try:
-            rows = [state.ref_cache[k] for k in batch["keys"]]
-        except KeyError as e:
+    def prepare(self, run: Run) -> nn.Module:
+        """Build the reference the recipe names; the policy itself is trained."""
+        self.pad_id = run.pad_id
+        if self.reference == "frozen_copy":
+            self.frozen_ref = frozen_copy(run.model)
+        elif self.reference == "precomputed":
+            opts = PairOptions(
+                share_vision=self.cfg.share_vision, chunk_size=self.cfg.logprob_chunk
+            )
+            self.ref_cache = load_or_compute(run, self.cfg.reference_cache_dir, opts)
+        elif self.reference == "adapter_disabled" and not hasattr(
+            unwrap_peft(run.model), "disable_adapter"
+        ):
             raise VlalignError(
-                f"reference cache has no entry for sample {e.args[0]!r}: recompute it"
-            ) from None
-        t = torch.tensor(rows, dtype=torch.float32, device=batch["chosen_input_ids"].device)
-        return t[:, 0], t[:, 1]
-    if state.reference == "frozen_copy":
-        ctx, model = contextlib.nullcontext(), state.frozen_ref
-    else:
-        peft_model = state.model.module if hasattr(state.model, "module") else state.model
-        ctx, model = peft_model.disable_adapter(), state.model
-    feats = features
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), ctx:
-        if feats is None and state.opts.share_vision and image_inputs(batch):
-            feats = encode_images(model, image_inputs(batch))
-        c, r = pair_forward(model, batch, state.pad_id, state.opts, feats)
-    model.train(was_training)
-    return c.sum, r.sum
+                "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy or precomputed)"
+            )
+        return run.model
+
+    def setup(self, engine: nn.Module) -> None:
+        self.model = engine
+
+    def units(self, batch: dict) -> float:
+        """Pairs."""
+        return float(batch["chosen_input_ids"].shape[0])
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+
+    def _shared_features(self, batch: dict) -> BaseModelOutputWithPooling | None:
+        """Image features computed once per pair, reused by policy and reference (frozen vision)."""
+        images = image_inputs(batch)
+        if not (self.opts.share_vision and images) or vision_is_trainable(self.model):
+            return None
+        with torch.no_grad():
+            return encode_images(self.model, images)
+
+    def reference_logps(self, batch: dict, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference summed log-probs of chosen and rejected [B] (no grad)."""
+        if self.reference == "precomputed":
+            try:
+                rows = [self.ref_cache[k] for k in batch["keys"]]
+            except KeyError as e:
+                raise VlalignError(
+                    f"reference cache has no entry for sample {e.args[0]!r}: recompute it"
+                ) from None
+            t = torch.tensor(rows, dtype=torch.float32, device=batch["chosen_input_ids"].device)
+            return t[:, 0], t[:, 1]
+        if self.reference == "frozen_copy":
+            ctx, model = contextlib.nullcontext(), self.frozen_ref
+        else:
+            ctx, model = unwrap_peft(self.model).disable_adapter(), self.model
+        feats = features
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), ctx:
+            if feats is None and self.opts.share_vision and image_inputs(batch):
+                feats = encode_images(model, image_inputs(batch))
+            c, r = pair_forward(model, batch, self.pad_id, self.opts, feats)
+        model.train(was_training)
+        return c.sum, r.sum
+
+    def step(self, batch: dict) -> StepOutput:
+        """Loss sum over the micro-batch's pairs; count = pairs. Reports TRL's reward metrics."""
+        feats = self._shared_features(batch)
+        ref_c = ref_r = None
+        if self.reference != "none":
+            ref_c, ref_r = self.reference_logps(batch, feats)
+        pol_c, pol_r = pair_forward(self.model, batch, self.pad_id, self.opts, feats)
+        m = self.cfg
+        chosen_nll = -(pol_c.sum.sum() / pol_c.n_tokens.sum().clamp(min=1))
+        out = self.loss.fn(
+            pol_c.sum,
+            pol_r.sum,
+            ref_c,
+            ref_r,
+            beta=m.beta,
+            label_smoothing=m.label_smoothing,
+            gamma=m.gamma,
+            chosen_lengths=pol_c.n_tokens,
+            rejected_lengths=pol_r.n_tokens,
+            chosen_nll=chosen_nll,
+        )
+        B = pol_c.sum.shape[0]
+        loss_sum = out.loss * B
+        if m.nll_weight > 0:  # RPO: NLL on the chosen answer, per pair (length-normalized)
+            loss_sum = loss_sum + m.nll_weight * (-pol_c.mean).sum()
+        sums = {k: v * B for k, v in reward_metrics(out).items()}
+        sums["logps/chosen"] = float(pol_c.sum.detach().sum())
+        sums["logps/rejected"] = float(pol_r.sum.detach().sum())
+        sums["nll/chosen"] = float((-pol_c.mean).detach().sum())
+        return StepOutput(loss_sum=loss_sum, count=float(B), sums=sums)
+
+    def metrics(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        """Means over the step's pairs: rewards/*, logps/*, nll/chosen."""
+        return mean_sums(sums, count)
 
 
-def step(state: State, batch: dict) -> StepOutput:
-    """Loss sum over the micro-batch's pairs; count = pairs. Reports TRL's reward metrics."""
-    feats = _shared_features(state, batch)
-    ref_c = ref_r = None
-    if state.reference != "none":
-        ref_c, ref_r = reference_logps(state, batch, feats)
-    pol_c, pol_r = pair_forward(state.model, batch, state.pad_id, state.opts, feats)
-    m = state.recipe.method
-    chosen_nll = -(pol_c.sum.sum() / pol_c.n_tokens.sum().clamp(min=1))
-    out = state.loss.fn(
-        pol_c.sum,
-        pol_r.sum,
-        ref_c,
-        ref_r,
-        beta=m.beta,
-        label_smoothing=m.label_smoothing,
-        gamma=m.gamma,
-        chosen_lengths=pol_c.n_tokens,
-        rejected_lengths=pol_r.n_tokens,
-        chosen_nll=chosen_nll,
-    )
-    B = pol_c.sum.shape[0]
-    loss_sum = out.loss * B
-    if m.nll_weight > 0:  # RPO: NLL on the chosen answer, per pair (length-normalized)
-        loss_sum = loss_sum + m.nll_weight * (-pol_c.mean).sum()
-    sums = {k: v * B for k, v in reward_metrics(out).items()}
-    sums["logps/chosen"] = float(pol_c.sum.detach().sum())
-    sums["logps/rejected"] = float(pol_r.sum.detach().sum())
-    sums["nll/chosen"] = float((-pol_c.mean).detach().sum())
-    return StepOutput(loss_sum=loss_sum, count=float(B), sums=sums)
-
-
-def metrics(sums: dict[str, float], count: float) -> dict[str, float]:
-    """Means over the step's pairs: rewards/*, logps/*, nll/chosen."""
-    return {k: v / max(count, 1.0) for k, v in sums.items()}
+METHOD = Dpo

@@ -19,22 +19,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.logprobs import SequenceLogprobs, sequence_logprobs
 from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.unwrap import hf_model
 
 # Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values).
 IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
 # The keys the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
-
-
-def hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under PEFT / DeepSpeed wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        else:
-            return model
 
 
 def image_inputs(batch: dict) -> dict[str, Tensor]:

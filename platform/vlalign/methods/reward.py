@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from vlalign.config.schema import Recipe
+from vlalign.config.schema import RewardMethod
 from vlalign.losses import LossSpec, resolve_loss
-from vlalign.methods.base import StepOutput
-from vlalign.methods.forward import encode_images, hf_model, image_inputs, stacked_pair_inputs
+from vlalign.methods.base import Run, StepOutput, mean_sums
+from vlalign.methods.forward import encode_images, image_inputs, stacked_pair_inputs
+from vlalign.models.unwrap import hf_model, unwrap_engine
 
 
 class RewardModel(nn.Module):
@@ -44,32 +43,12 @@ class RewardModel(nn.Module):
         return self.value_head(h).squeeze(-1).float()
 
 
-@dataclass
-class State:
-    model: nn.Module  # the engine wrapping a RewardModel
-    loss: LossSpec
-    recipe: Recipe
-    pad_id: int
-    batch_kind: str = "pairs"
-
-
-def setup(recipe: Recipe, model: nn.Module, pad_id: int, **_) -> State:
-    """The loop wraps the policy in RewardModel before the engine; batches are pairs."""
-    return State(
-        model=model, loss=resolve_loss("reward", recipe.method.loss), recipe=recipe, pad_id=pad_id
-    )
-
-
 def score_pairs(
     model: nn.Module, batch: dict, pad_id: int, share_vision: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of chosen and rejected [B] each, in one [2B, T] forward, images encoded once."""
     images = image_inputs(batch)
-    rm = (
-        model.module
-        if hasattr(model, "module") and isinstance(model.module, RewardModel)
-        else model
-    )
+    rm = unwrap_engine(model)
     features = encode_images(rm.policy, images) if images and share_vision else None
     seq, extra = stacked_pair_inputs(batch, pad_id, features)
     r = model(seq["input_ids"], seq["attention_mask"], **extra)
@@ -77,20 +56,49 @@ def score_pairs(
     return r[:B], r[B:]
 
 
-def step(state: State, batch: dict) -> StepOutput:
-    """Bradley-Terry loss sum over pairs; count = pairs; accuracy = chosen scored higher."""
-    rc, rr = score_pairs(state.model, batch, state.pad_id, state.recipe.method.share_vision)
-    out = state.loss.fn(rc, rr, margin=state.recipe.method.reward_margin)
-    B = rc.shape[0]
-    sums = {
-        "rewards/chosen": float(rc.detach().sum()),
-        "rewards/rejected": float(rr.detach().sum()),
-        "rewards/accuracies": float((rc > rr).float().sum()),
-        "rewards/margins": float((rc - rr).detach().sum()),
-    }
-    return StepOutput(loss_sum=out.loss * B, count=float(B), sums=sums)
+class Reward:
+    """Batches: chosen_* / rejected_* [B, T] + the images once per pair."""
+
+    batch_kind = "pairs"
+
+    def __init__(self, cfg: RewardMethod) -> None:
+        self.cfg = cfg
+        self.loss: LossSpec = resolve_loss("reward", cfg.loss)
+        self.model: nn.Module | None = None
+        self.pad_id = 0
+
+    def prepare(self, run: Run) -> nn.Module:
+        """The policy under a scalar value head is what trains."""
+        self.pad_id = run.pad_id
+        head = RewardModel(run.model)
+        return head.to(hf_model(run.model).dtype)
+
+    def setup(self, engine: nn.Module) -> None:
+        self.model = engine
+
+    def units(self, batch: dict) -> float:
+        """Pairs."""
+        return float(batch["chosen_input_ids"].shape[0])
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+
+    def step(self, batch: dict) -> StepOutput:
+        """Bradley-Terry loss sum over pairs; count = pairs; accuracy = chosen scored higher."""
+        rc, rr = score_pairs(self.model, batch, self.pad_id, self.cfg.share_vision)
+        out = self.loss.fn(rc, rr, margin=self.cfg.reward_margin)
+        B = rc.shape[0]
+        sums = {
+            "rewards/chosen": float(rc.detach().sum()),
+            "rewards/rejected": float(rr.detach().sum()),
+            "rewards/accuracies": float((rc > rr).float().sum()),
+            "rewards/margins": float((rc - rr).detach().sum()),
+        }
+        return StepOutput(loss_sum=out.loss * B, count=float(B), sums=sums)
+
+    def metrics(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        """Means over the step's pairs."""
+        return mean_sums(sums, count)
 
 
-def metrics(sums: dict[str, float], count: float) -> dict[str, float]:
-    """Means over the step's pairs."""
-    return {k: v / max(count, 1.0) for k, v in sums.items()}
+METHOD = Reward

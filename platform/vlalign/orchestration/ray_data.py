@@ -19,6 +19,7 @@ from typing import Any
 
 from vlalign.config.schema import Recipe
 from vlalign.errors import DataError
+from vlalign.training.data import PIPELINE_KIND
 
 DATASET_NAME = "train"
 
@@ -86,7 +87,7 @@ def worker_batches(
 ) -> Iterator[tuple[dict, int]]:
     """Batch source of a Ray Train worker, with the signature of the loop's shard reader
     (`vlalign.training.data.batch_stream`): this worker's split of the "train" dataset.
-    `kind` is the loop's (sft | pairs); rank and world are Ray's own split, unused here."""
+    `kind` is the method's batch kind (sft | pairs | unpaired); rank and world are Ray's own split, unused here."""
     import ray.train
 
     shard = ray.train.get_dataset_shard(DATASET_NAME)
@@ -95,7 +96,7 @@ def worker_batches(
     return shard_batches(
         shard,
         record_kind=record_kind(data.train_location, recipe.data.train_split),
-        kind="sft" if kind == "sft" else "preference",
+        kind=PIPELINE_KIND[kind],
         encoder=encoder,
         batch_size=recipe.train.micro_batch_size,
         on_error=recipe.data.on_error,

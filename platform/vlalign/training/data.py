@@ -64,8 +64,8 @@ def prepare_data(recipe: Recipe, ctx) -> DataInfo:
     )
 
 
-def _kind(recipe: Recipe) -> str:
-    return "sft" if recipe.method.name == "sft" else "preference"
+PIPELINE_KIND = {"sft": "sft", "pairs": "preference", "unpaired": "unpaired"}
+"""A method's batch kind -> the data pipeline's training kind (which collate builds it)."""
 
 
 def _loader(recipe: Recipe, encoder, data: DataInfo, kind: str, rank: int, world: int, **kw):
@@ -101,7 +101,7 @@ def batch_stream(
         recipe,
         encoder,
         data,
-        _kind(recipe),
+        PIPELINE_KIND[kind],
         rank,
         world,
         num_workers=d.num_workers,
@@ -114,8 +114,18 @@ def batch_stream(
         yield batch, loader.position
 
 
-def epoch_batches(recipe: Recipe, encoder, data: DataInfo, rank: int, world: int) -> Iterator[dict]:
-    """One unshuffled epoch of preference batches of this rank's slice (reference precompute)."""
+def epoch_batches(
+    recipe: Recipe, encoder, data: DataInfo, kind: str, rank: int, world: int
+) -> Iterator[dict]:
+    """One unshuffled epoch of this rank's slice as batches of `kind` (reference precompute)."""
     yield from _loader(
-        recipe, encoder, data, "preference", rank, world, num_workers=0, loop=False, shuffle=False
+        recipe,
+        encoder,
+        data,
+        PIPELINE_KIND[kind],
+        rank,
+        world,
+        num_workers=0,
+        loop=False,
+        shuffle=False,
     )

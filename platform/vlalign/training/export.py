@@ -49,9 +49,7 @@ def export(
     """Collective under ZeRO-3 (parameters are gathered); rank 0 writes. Returns out_dir."""
     if recipe.train.export == "none":
         return None
-    from vlalign.methods.reward import RewardModel
-
-    head = model.value_head if isinstance(model, RewardModel) else None
+    head = getattr(model, "value_head", None)  # a scalar-head model (reward, cost) saves it apart
     policy = model.policy if head is not None else model
     with _gathered(model, zero_stage):
         if rank == 0:

@@ -5,9 +5,12 @@ Contract (`run_training(recipe, ctx) -> TrainResult`):
   a one-process group is created. DeepSpeed reuses it.
 - Every rank builds the same model (built-ins materialize once to a shared cache), applies the
   LoRA policy, wraps it in a DeepSpeed engine, and streams its own slice of the shards.
-- Each optimizer step takes `grad_accum` micro-batches; a method's loss is a SUM over units
-  (tokens for SFT, pairs for DPO/reward) divided by the GLOBAL count of units in the step, so
-  micro-batch x accumulation x ranks all give the gradient of one big batch.
+- The loop names no method: `load_method(recipe.method)` gives a `vlalign.methods.base.Method`
+  whose `prepare` builds what it needs (reference, cache, reward head) and returns the module to
+  train; batches are of its `batch_kind`.
+- Each optimizer step takes `grad_accum` micro-batches; a method's loss is a SUM over its units
+  (`method.units`: tokens for SFT, pairs for DPO/reward, ...) divided by the GLOBAL count of
+  units in the step, so micro-batch x accumulation x ranks all give the gradient of one big batch.
 - Checkpoints (`train.checkpoint_every` and at the end) hold engine, data position, RNG, step,
   MLflow run id; after each one EVERY rank calls `ctx.report(metrics, checkpoint_dir)`.
   A restart resumes from `ctx.restore_from` or the output dir's `latest` checkpoint.
@@ -25,11 +28,9 @@ import numpy as np
 import torch
 
 from vlalign.config.schema import Recipe
-from vlalign.methods import METHODS
-from vlalign.methods.dpo import frozen_copy
-from vlalign.methods.reward import RewardModel
+from vlalign.methods import Run, load_method
 from vlalign.models import apply_peft, build
-from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
+from vlalign.models.inputs import ChatEncoder
 from vlalign.training import checkpoint as ckpt
 from vlalign.training.context import TrainContext, TrainResult
 from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group, launcher_env
@@ -43,20 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def units(batch: dict, kind: str) -> float:
-    """Loss units in a micro-batch: scored response tokens (sft) or pairs."""
-    if kind == "sft":
-        return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    return float(batch["chosen_input_ids"].shape[0])
-
-
-def tokens_in(batch: dict, kind: str) -> int:
-    """Tokens the model processes in a micro-batch, image tokens included (non-pad)."""
-    if kind == "sft":
-        return int(batch["attention_mask"].sum())
-    return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
 
 
 def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
@@ -80,7 +67,7 @@ def _tracker(recipe: Recipe, ctx: TrainContext):
 
 def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult:
     """Train per the recipe in this process (one rank of possibly many). See module docstring."""
-    from vlalign.training.data import batch_stream, prepare_data
+    from vlalign.training.data import batch_stream, epoch_batches, prepare_data
 
     ctx = ctx or TrainContext()
     rank, world = ensure_process_group(ctx.device)
@@ -102,22 +89,24 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     encoder = ChatEncoder(built.processor, built.family, recipe.data.max_length)
     pad_id = built.processor.tokenizer.pad_token_id
     model = apply_peft(built.model, recipe.peft, seed=t.seed)
-    method = METHODS[recipe.method.name]
-    kind = "sft" if recipe.method.name == "sft" else "pairs"
-
-    extra: dict = {}
-    if recipe.method.name == "dpo" and recipe.method.reference == "frozen_copy":
-        extra["frozen_ref"] = frozen_copy(model)
-    if recipe.method.name == "dpo" and recipe.method.reference == "precomputed":
-        from vlalign.training.reference_cache import load_or_compute
-
-        extra["ref_cache"] = load_or_compute(recipe, model, built, encoder, data, ctx)
-    train_model = RewardModel(model) if recipe.method.name == "reward" else model
-    if recipe.model.dtype != "float32":
-        train_model.to(built.model.dtype)
+    method = load_method(recipe.method)
+    kind = method.batch_kind
+    run = Run(
+        recipe=recipe,
+        model=model,
+        built=built,
+        encoder=encoder,
+        pad_id=pad_id,
+        one_epoch=lambda k: epoch_batches(recipe, encoder, data, k, rank, world),
+        digest=data.digest,
+        rank=rank,
+        world=world,
+        device=ctx.device,
+    )
+    train_model = method.prepare(run)
     with launcher_env(rank, ctx.local_rank, world):  # DeepSpeed reads LOCAL_RANK here
         engine = initialize(train_model, recipe, world)
-    state = method.setup(recipe, engine, pad_id, **extra)
+    method.setup(engine)
     dtype = next(p for p in engine.module.parameters()).dtype
 
     restore = ctx.restore_from or ckpt.latest(root)
@@ -147,16 +136,16 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 batch, position = next(stream)
                 wait += time.perf_counter() - t0
                 micro.append(batch)
-            global_units = all_reduce_sum(sum(units(b, kind) for b in micro), ctx.device)
+            global_units = all_reduce_sum(sum(method.units(b) for b in micro), ctx.device)
             loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
             for b in micro:
-                out = method.step(state, _to_device(b, ctx.device, dtype))
+                out = method.step(_to_device(b, ctx.device, dtype))
                 engine.backward(out.loss_sum / global_units * t.grad_accum * world)
                 engine.step()
                 loss_sum += float(out.loss_sum.detach())
                 for k, v in out.sums.items():
                     sums[k] = sums.get(k, 0.0) + v
-                n_tokens += tokens_in(b, kind)
+                n_tokens += method.tokens(b)
                 skipped += int(b.get("n_skipped", 0))
             tstate.step += 1
             tstate.data_positions[str(rank)] = position

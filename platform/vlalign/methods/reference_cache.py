@@ -23,10 +23,10 @@ import torch.distributed as dist
 from vlalign.cache import cache_dir
 from vlalign.config.schema import BUILTIN_MODELS, Recipe
 from vlalign.errors import VlalignError
+from vlalign.methods.base import Run
 from vlalign.methods.forward import PairOptions, pair_forward
 from vlalign.models.builder import BuiltModel, tiny_spec
 from vlalign.models.inputs import ChatEncoder
-from vlalign.training.distributed import barrier
 
 
 def default_cache_dir() -> Path:
@@ -94,39 +94,32 @@ def compute_slice(model, batches, pad_id: int, opts: PairOptions, device) -> dic
     return out
 
 
-def load_or_compute(
-    recipe: Recipe, model, built: BuiltModel, encoder: ChatEncoder, data, ctx
-) -> dict:
-    """The cached table for this (model, data, template), computing it once if missing."""
-    from vlalign.training.data import epoch_batches
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
-    if data.digest is None:
+
+def load_or_compute(run: Run, cache_root: str | None, opts: PairOptions) -> dict:
+    """The cached table for this (model, data, template), computing it once if missing.
+
+    Returns {sample_key: (chosen_logps_sum, rejected_logps_sum)} for the whole training split."""
+    if run.digest is None:
         raise VlalignError("method.reference: precomputed needs shards with a manifest digest")
-    inputs = cache_inputs(recipe, built, encoder, data.digest)
-    root = (
-        Path(recipe.method.reference_cache_dir)
-        if recipe.method.reference_cache_dir
-        else default_cache_dir()
-    )
+    inputs = cache_inputs(run.recipe, run.built, run.encoder, run.digest)
+    root = Path(cache_root) if cache_root else default_cache_dir()
     path = root / f"{cache_key(inputs)}.json"
     if not path.is_file():
-        opts = PairOptions(
-            share_vision=recipe.method.share_vision, chunk_size=recipe.method.logprob_chunk
-        )
-        batches = epoch_batches(recipe, encoder, data, ctx.rank, ctx.world_size)
-        table = compute_slice(
-            model, batches, built.processor.tokenizer.pad_token_id, opts, ctx.device
-        )
+        table = compute_slice(run.model, run.one_epoch("pairs"), run.pad_id, opts, run.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             parts: list = [None] * dist.get_world_size()
             dist.all_gather_object(parts, table)
             table = {k: v for part in parts for k, v in part.items()}
-        if ctx.rank == 0:
+        if run.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({"key": path.stem, "inputs": inputs, "logps": table}))
             os.replace(tmp, path)
-        barrier()
+        _barrier()
     data_ = json.loads(path.read_text())
     if data_.get("inputs") != inputs:
         raise VlalignError(f"reference cache {path} was computed for other inputs; delete it")
