@@ -5,7 +5,7 @@ modules (`vlalign.models.lora.lora_targets`: the LM's projections), rank, alpha 
 on the same preference pairs, with the same optimizer: a plain `torch.optim.AdamW` over the
 trainable parameters (no DeepSpeed, no gradient clipping, no LR schedule) on both sides.
 
-- vlalign: `vlalign.methods.dpo.setup/step` (the method step the training loop runs) under the
+- vlalign: `vlalign.methods.dpo.Dpo.step` (the method step the training loop runs) under the
   variant's `PairOptions` and reference kind, then backward of the pair-mean loss and
   `optimizer.step()`. On CUDA the step runs under bf16 autocast, like TRL under Accelerate.
 - TRL: `trl.DPOTrainer(model, args=DPOConfig(...), processing_class=processor,
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -108,8 +107,7 @@ class VlalignSide:
     """vlalign's DPO step on a PEFT model; every variant shares the model and the optimizer."""
 
     def __init__(self, setup, batch: dict, lora_r: int, lora_alpha: float, lr: float, chunk: int):
-        from vlalign.config.schema import MethodConfig, PeftConfig, Recipe
-        from vlalign.methods import dpo
+        from vlalign.config.schema import DpoMethod, PeftConfig
         from vlalign.models import apply_peft
 
         self.setup, self.device, self.dtype = setup, setup.device, setup.dtype
@@ -121,89 +119,48 @@ class VlalignSide:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr)
         self.trainable = sum(p.numel() for p in params)
-        self.states = {}
+        self.methods = {}
         # Precomputed reference: the adapter-disabled policy's log-probs, once (timed apart)
-        recipe = Recipe(method=MethodConfig(name="dpo", reference="adapter_disabled"))
-        scorer = dpo.setup(recipe, self.model, self.pad_id)
+        scorer = self._method(DpoMethod(reference="adapter_disabled"))
         sync(self.device)
         t0 = time.perf_counter()
         with autocast(self.device, self.dtype):
-            c, r = dpo.reference_logps(scorer, batch, None)
+            c, r = scorer.reference_logps(batch, None)
         sync(self.device)
         self.precompute_s = time.perf_counter() - t0
         self.ref_cache = {k: (float(c[i]), float(r[i])) for i, k in enumerate(batch["keys"])}
         for ref in ("precomputed", "adapter_disabled"):
-            rec = Recipe(method=MethodConfig(name="dpo", reference=ref, logprob_chunk=chunk))
-            self.states[ref] = dpo.setup(rec, self.model, self.pad_id, ref_cache=self.ref_cache)
+            m = self._method(DpoMethod(reference=ref, logprob_chunk=chunk))
+            m.ref_cache = self.ref_cache
+            self.methods[ref] = m
         self.init_logps = (float(c.mean()), float(r.mean()))  # LoRA B = 0: policy = reference
-        # dpo.reference_logps builds precomputed log-probs with torch.tensor(rows) on the CPU; on
-        # CUDA the loss would then mix devices. Probe once: if so, move them (reported as a note).
-        pc, _ = dpo.reference_logps(self.states["precomputed"], batch, None)
-        self.ref_device_fix = pc.device != batch["chosen_input_ids"].device
         self.notes = []
-        if self.ref_device_fix:
-            self.notes.append(
-                "vlalign.methods.dpo.reference_logps returns precomputed reference log-probs on "
-                f"{pc.device}, not {batch['chosen_input_ids'].device}: the bench moves them"
-            )
+
+    def _method(self, cfg):
+        """The Dpo method bound to this side's model, as the loop binds it (no engine here)."""
+        from vlalign.methods.dpo import Dpo
+
+        m = Dpo(cfg)
+        m.pad_id = self.pad_id
+        m.setup(self.model)
+        return m
 
     def _options(self, v: Variant):
         from vlalign.methods.forward import PairOptions
 
-        opts = PairOptions(
+        return PairOptions(
             concatenate=v.concatenate,
             share_vision=v.share_vision,
             chunk_size=self.chunk if v.chunked else ONE_CHUNK,
             keep_only_response=v.keep_only_response,
+            pack_prefix=v.packed,
         )
-        if v.packed and "pack_prefix" in {f.name for f in dataclasses.fields(PairOptions)}:
-            opts.pack_prefix = True  # the lead's hook, once PairOptions has it
-        return opts
-
-    def _packing(self, v: Variant, opts):
-        """Route dpo.step's pair forward through the packed forward for packed variants.
-
-        `vlalign.methods.dpo` has no packing switch yet: until PairOptions grows `pack_prefix`,
-        the bench substitutes `packed_pair_forward` (same signature and results) for the
-        `pair_forward` name dpo.step calls, so the step measured is dpo.step itself.
-        """
-        if not v.packed or getattr(opts, "pack_prefix", False):
-            return contextlib.nullcontext()
-        from unittest import mock
-
-        from vlalign.methods import dpo
-        from vlalign.methods.packing import packed_pair_forward
-
-        return mock.patch.object(dpo, "pair_forward", packed_pair_forward)
-
-    def _ref_on_device(self, v: Variant):
-        """Work around precomputed reference log-probs left on the CPU (see __init__)."""
-        if not (self.ref_device_fix and v.reference == "precomputed"):
-            return contextlib.nullcontext()
-        from unittest import mock
-
-        from vlalign.methods import dpo
-
-        original = dpo.reference_logps
-        dev = self.batch["chosen_input_ids"].device
-
-        def on_device(state, batch, features):
-            c, r = original(state, batch, features)
-            return c.to(dev), r.to(dev)
-
-        return mock.patch.object(dpo, "reference_logps", on_device)
 
     def step(self, v: Variant) -> dict:
-        from vlalign.methods import dpo
-
-        state = self.states[v.reference]
-        state.opts = self._options(v)
-        with (
-            self._packing(v, state.opts),
-            self._ref_on_device(v),
-            autocast(self.device, self.dtype),
-        ):
-            out = dpo.step(state, self.batch)
+        method = self.methods[v.reference]
+        method.opts = self._options(v)
+        with autocast(self.device, self.dtype):
+            out = method.step(self.batch)
         (out.loss_sum / out.count).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

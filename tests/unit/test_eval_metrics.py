@@ -9,7 +9,6 @@ from PIL import Image
 
 from vlalign.errors import VlalignError
 from vlalign.evaluation.metrics import compute_metrics, implicit_rewards, reward_scores
-from vlalign.safety.refusal import PhraseRefusalDetector
 from vlalign.evaluation.runner import score_rows
 from vlalign.evaluation.scorecard import (
     Scorecard,
@@ -17,6 +16,7 @@ from vlalign.evaluation.scorecard import (
     render_table,
     write_outputs,
 )
+from vlalign.safety.refusal import PhraseRefusalDetector
 
 # A fake model: prompt -> its answer. (label, category, prompt, answer, refusal?, valid?)
 FAKE = [
