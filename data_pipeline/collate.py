@@ -161,4 +161,27 @@ def collate_unpaired(examples: list[dict], pad_id: int) -> dict:
     return out
 
 
-COLLATE = {"sft": collate_sft, "preference": collate_pairs, "unpaired": collate_unpaired}
+def collate_prompts(samples: list[dict], pad_id: int) -> dict:
+    """RL prompt batch: keys, prompts, images (lists of PIL images) and meta of B samples, in
+    order; eval records also give label and category (the policy generates the responses)."""
+    if not samples:
+        raise DataError("cannot collate an empty batch")
+    return {
+        "keys": [s["key"] for s in samples],
+        "prompts": [s["prompt"] for s in samples],
+        "images": [s["images"] for s in samples],
+        "meta": [
+            {**(s.get("meta") or {}), **{k: s[k] for k in ("label", "category") if s.get(k)}}
+            for s in samples
+        ],
+        "n_examples": len(samples),
+        "n_tokens": 0,
+    }
+
+
+COLLATE = {
+    "sft": collate_sft,
+    "preference": collate_pairs,
+    "unpaired": collate_unpaired,
+    "prompts": collate_prompts,
+}

@@ -361,7 +361,7 @@ class BatchStream(IterableDataset):
                 f"start_sample {start_sample} is not a multiple of the batch size {batch_size}"
             )
         self.ref = open_split(location, split)
-        if kind != "sft" and self.ref.kind == "sft":
+        if kind in ("preference", "unpaired") and self.ref.kind == "sft":
             raise DataError(f"{location}: split {self.ref.split!r} holds sft records, not pairs")
         self.kind = kind
         self.encoder = encoder

@@ -18,7 +18,8 @@ Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask [1, N, H, W]).
 Training kind "sft" reads SFT records (response) and preference / eval records (chosen as the
 response); kind "preference" reads preference records and eval records that carry a pair;
 kind "unpaired" (KTO) encodes them as pairs, and `collate_unpaired` splits each pair into a
-desirable and an undesirable completion.
+desirable and an undesirable completion; kind "prompts" (online RL) keeps the decoded prompt,
+images and meta of any record kind, unencoded.
 
 `make_transform` maps one sample; `make_batch_transform` maps a list with one processor call
 (several times faster per sample; a test checks it gives exactly the per-sample result).
@@ -27,6 +28,7 @@ desirable and an undesirable completion.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -34,7 +36,7 @@ from data_pipeline.skips import OnError, SkipCounter, check_policy, handle
 from vlalign.errors import DataError
 from vlalign.models.inputs import TEXT_KEYS, ChatEncoder, EncodedPrompt
 
-TRAIN_KINDS = ("sft", "preference", "unpaired")
+TRAIN_KINDS = ("sft", "preference", "unpaired", "prompts")
 _NESTED_IMAGES = ("idefics3", "smolvlm")  # processor wants images as one list per sample
 
 
@@ -310,6 +312,17 @@ def _encode_images_batch(
         results[i] = _finish(encoder, ex, samples[i]["key"], kind, ids)
 
 
+def _prompts_only(samples: list[dict], on_error: OnError, skips: SkipCounter | None) -> list[dict]:
+    """Samples with a non-empty prompt, as decoded (images stay PIL): an RL prompt batch."""
+    out = []
+    for s in samples:
+        if not (s.get("prompt") or "").strip():
+            handle(DataError(f"{_where(s)}: empty prompt"), on_error, skips)
+        else:
+            out.append(s)
+    return out
+
+
 def make_batch_transform(
     encoder: ChatEncoder,
     kind: str,
@@ -321,6 +334,9 @@ def make_batch_transform(
     check_policy(on_error)
     if kind not in TRAIN_KINDS:
         raise DataError(f"training kind must be one of {TRAIN_KINDS}, got {kind!r}")
+
+    if kind == "prompts":  # online RL: the policy generates; nothing is encoded here
+        return partial(_prompts_only, on_error=on_error, skips=skips)
 
     def transform(samples: list[dict]) -> list[dict]:
         out = []

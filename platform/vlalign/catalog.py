@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-BatchKind = Literal["sft", "pairs", "unpaired"]
+BatchKind = Literal["sft", "pairs", "unpaired", "prompts"]
 """What a method's batches hold: sft (one sequence per sample), pairs (chosen + rejected per
-prompt, the image once per pair), unpaired (one completion per sample with a desirable flag)."""
+prompt, the image once per pair), unpaired (desirable and undesirable completions, and
+mismatched rows for KTO's reference point), prompts (prompt, images and meta for online RL)."""
 
 LossKind = Literal["sft", "preference", "unpaired", "reward"]
 

@@ -6,6 +6,12 @@ reward head), wraps that module in the engine, calls `method.setup(engine)`, the
 micro-batch of the method's `batch_kind`: `units(batch)`, `tokens(batch)`, `step(batch)`, and
 at the end of each optimizer step `metrics(sums, count)`.
 
+Online methods also turn a data batch (prompts) into the micro-batches they train on
+(`expand`: rollout, rewards, advantages, policy epochs), act after each optimizer step
+(`after_step`: weight sync to rollout workers, constraint multipliers) and keep state that a
+checkpoint saves (`state_dict` / `load_state_dict`, JSON). Offline methods inherit the defaults
+of `OfflineMethod`.
+
 A method file reads top to bottom: the class with `prepare`, `setup`, `units`, `tokens`,
 `step`, `metrics`, and a module-level `METHOD` naming the class (the catalog names the module).
 """
@@ -93,6 +99,38 @@ class Method(Protocol):
     def metrics(self, sums: dict[str, float], count: float) -> dict[str, float]:
         """Step metrics from the step's metric sums (all-reduced) and its global unit count."""
         ...
+
+    def expand(self, batch: dict) -> list[dict]:
+        """The micro-batches one data batch trains as (offline: the batch itself)."""
+        ...
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Called on every rank after optimizer step `step`; returns extra step metrics."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The method's own state for a checkpoint (JSON-serializable)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        ...
+
+
+class OfflineMethod:
+    """Defaults of a method that trains on its data batches as they come and keeps no state."""
+
+    def expand(self, batch: dict) -> list[dict]:
+        return [batch]
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
 
 def load_method(cfg: Any) -> Method:

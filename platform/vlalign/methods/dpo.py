@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlalign.config.schema import DpoMethod
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss, reward_metrics
-from vlalign.methods.base import Run, StepOutput, frozen_copy, mean_sums
+from vlalign.methods.base import OfflineMethod, Run, StepOutput, frozen_copy, mean_sums
 from vlalign.methods.forward import (
     PairOptions,
     encode_images,
@@ -29,7 +29,7 @@ from vlalign.methods.reference_cache import load_or_compute
 from vlalign.models.unwrap import unwrap_peft
 
 
-class Dpo:
+class Dpo(OfflineMethod):
     """Batches: chosen_* / rejected_* [B, T] + the images once per pair."""
 
     batch_kind = "pairs"

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlalign.config.schema import KtoMethod
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss
-from vlalign.methods.base import Run, StepOutput, frozen_copy, mean_sums
+from vlalign.methods.base import OfflineMethod, Run, StepOutput, frozen_copy, mean_sums
 from vlalign.methods.forward import (
     PairOptions,
     encode_images,
@@ -48,7 +48,7 @@ def _mismatched_extra(batch: dict, features: BaseModelOutputWithPooling | None) 
     return extra
 
 
-class Kto:
+class Kto(OfflineMethod):
     """Units: completions (2 per pair). Reports TRL's KTO metrics (rewards/*, kl)."""
 
     batch_kind = "unpaired"

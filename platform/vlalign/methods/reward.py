@@ -7,7 +7,7 @@ from torch import nn
 
 from vlalign.config.schema import RewardMethod
 from vlalign.losses import LossSpec, resolve_loss
-from vlalign.methods.base import Run, StepOutput, mean_sums
+from vlalign.methods.base import OfflineMethod, Run, StepOutput, mean_sums
 from vlalign.methods.forward import encode_images, image_inputs, stacked_pair_inputs
 from vlalign.models.unwrap import hf_model, unwrap_engine
 
@@ -56,7 +56,7 @@ def score_pairs(
     return r[:B], r[B:]
 
 
-class Reward:
+class Reward(OfflineMethod):
     """Batches: chosen_* / rejected_* [B, T] + the images once per pair."""
 
     batch_kind = "pairs"

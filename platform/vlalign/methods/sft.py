@@ -7,12 +7,12 @@ from torch import nn
 
 from vlalign.config.schema import SftMethod
 from vlalign.losses import resolve_loss
-from vlalign.methods.base import Run, StepOutput
+from vlalign.methods.base import OfflineMethod, Run, StepOutput
 from vlalign.methods.forward import image_inputs, sequence_forward
 from vlalign.models.inputs import IGNORE_INDEX
 
 
-class Sft:
+class Sft(OfflineMethod):
     """Batches: input_ids / attention_mask / labels [B, T] + the images of the B samples."""
 
     batch_kind = "sft"

@@ -39,6 +39,7 @@ class TrainerState:
     run_id: str | None = None
     losses: list[float] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
+    method_state: dict = field(default_factory=dict)  # the method's own state (JSON)
 
 
 def step_dirname(step: int) -> str:

@@ -64,7 +64,7 @@ def prepare_data(recipe: Recipe, ctx) -> DataInfo:
     )
 
 
-PIPELINE_KIND = {"sft": "sft", "pairs": "preference", "unpaired": "unpaired"}
+PIPELINE_KIND = {"sft": "sft", "pairs": "preference", "unpaired": "unpaired", "prompts": "prompts"}
 """A method's batch kind -> the data pipeline's training kind (which collate builds it)."""
 
 

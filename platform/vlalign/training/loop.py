@@ -122,9 +122,13 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     if tracker and restore is None:
         tracker.log_dataset(data.train_location, data.manifest)
 
+    if tstate.method_state:
+        method.load_state_dict(tstate.method_state)
     position = tstate.data_positions.get(str(rank), 0)
     source = ctx.batches or batch_stream
     stream = source(recipe, encoder, data, kind, rank, world, start_position=position)
+    queue: list[dict] = []  # micro-batches the method made of the last data batch (expand)
+    ckpt_pending = False
     last_ckpt: Path | None = None
     progress = _progress(ctx, t.max_steps, tstate.step)
     try:
@@ -132,14 +136,16 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
             step_start = time.perf_counter()
             micro, wait = [], 0.0
             for _ in range(t.grad_accum):
-                t0 = time.perf_counter()
-                batch, position = next(stream)
-                wait += time.perf_counter() - t0
-                micro.append(batch)
+                if not queue:
+                    t0 = time.perf_counter()
+                    batch, position = next(stream)
+                    wait += time.perf_counter() - t0
+                    queue = method.expand(_to_device(batch, ctx.device, dtype))
+                micro.append(queue.pop(0))
             global_units = all_reduce_sum(sum(method.units(b) for b in micro), ctx.device)
             loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
             for b in micro:
-                out = method.step(_to_device(b, ctx.device, dtype))
+                out = method.step(b)
                 engine.backward(out.loss_sum / global_units * t.grad_accum * world)
                 engine.step()
                 loss_sum += float(out.loss_sum.detach())
@@ -147,6 +153,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                     sums[k] = sums.get(k, 0.0) + v
                 n_tokens += method.tokens(b)
                 skipped += int(b.get("n_skipped", 0))
+            after = method.after_step(tstate.step + 1)
             tstate.step += 1
             tstate.data_positions[str(rank)] = position
             step_time = time.perf_counter() - step_start
@@ -162,6 +169,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 skipped,
                 ctx,
             )
+            metrics.update(after)
             tstate.losses.append(metrics["loss"])
             tstate.metrics.append(metrics)
             if tracker and tstate.step % t.log_every == 0:
@@ -170,8 +178,13 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 ctx.on_step(tstate.step, metrics)
             progress(tstate.step, metrics)
             due = t.checkpoint_every and tstate.step % t.checkpoint_every == 0
-            if due or tstate.step == t.max_steps:
+            # A checkpoint falls between data batches: the micro-batches a method made of one
+            # (an online method's rollout) are not saved, so a resume regenerates them exactly.
+            ckpt_pending = ckpt_pending or bool(due)
+            if (ckpt_pending and not queue) or tstate.step == t.max_steps:
+                ckpt_pending = False
                 tstate.data_positions = gather_positions(position, rank, world)
+                tstate.method_state = method.state_dict()
                 last_ckpt = ckpt.save(engine, root, tstate, rank, world, t.keep_checkpoints)
                 if ctx.report:
                     ctx.report({"step": tstate.step, **metrics}, last_ckpt)
