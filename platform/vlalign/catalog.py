@@ -19,7 +19,7 @@ BatchKind = Literal["sft", "pairs", "unpaired", "prompts"]
 prompt, the image once per pair), unpaired (desirable and undesirable completions, and
 mismatched rows for KTO's reference point), prompts (prompt, images and meta for online RL)."""
 
-LossKind = Literal["sft", "preference", "unpaired", "reward"]
+LossKind = Literal["sft", "preference", "unpaired", "reward", "policy"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,31 @@ LOSSES: dict[str, LossInfo] = {
             "Ethayarajh et al. 2024",
         ),
         LossInfo(
+            "grpo",
+            "policy",
+            "GRPO: group-normalized advantages, clipped ratio, per-sequence token mean",
+            "Shao et al. 2024",
+        ),
+        LossInfo(
+            "dr_grpo",
+            "policy",
+            "Dr. GRPO: no length or std normalization (token sum / constant length)",
+            "Liu et al. 2025",
+        ),
+        LossInfo(
+            "dapo",
+            "policy",
+            "DAPO: token-level mean, clip-higher, tied groups filtered, overlong penalty",
+            "Yu et al. 2025",
+        ),
+        LossInfo("gspo", "policy", "GSPO: sequence-level importance ratio", "Zheng et al. 2025"),
+        LossInfo(
+            "rloo",
+            "policy",
+            "RLOO: REINFORCE with the leave-one-out baseline",
+            "Ahmadian et al. 2024",
+        ),
+        LossInfo(
             "bradley_terry",
             "reward",
             "pairwise reward-model loss (optional margin)",
@@ -134,6 +159,15 @@ METHODS: dict[str, MethodInfo] = {
             "kto",
             "KTO on unpaired desirable / undesirable answers (preference pairs are split)",
             "vlalign.methods.kto",
+        ),
+        MethodInfo(
+            "grpo",
+            "prompts",
+            "policy",
+            "grpo",
+            "online RL: n samples per prompt from the policy, rewards that see the image, "
+            "GRPO family or RLOO (loss by name)",
+            "vlalign.methods.grpo",
         ),
         MethodInfo(
             "reward",
@@ -184,6 +218,34 @@ FAMILIES: dict[str, FamilyInfo] = {
             "SmolVLM: the Idefics3 architecture with a small LM",
             "vlalign.models.families.smolvlm",
         ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """An online-RL reward: every reward sees (image, prompt, response, meta)."""
+
+    name: str
+    summary: str
+    needs_model: bool  # `model:` (a path or hub id) is required
+
+
+REWARDS: dict[str, RewardInfo] = {
+    x.name: x
+    for x in (
+        RewardInfo(
+            "refusal_rule",
+            "label-aware safety rule from the sample's meta: refuse harmful, help benign; "
+            "degenerate text penalized",
+            False,
+        ),
+        RewardInfo(
+            "reward_model",
+            "a vlalign-trained VLM reward model (method: reward), with the image",
+            True,
+        ),
+        RewardInfo("judge", "a VLM judge / guard prompted for a verdict on the answer", True),
     )
 }
 

@@ -45,7 +45,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     m, t = recipe.method, recipe.train
     print(f"ok: {args.recipe} ({recipe.name})")
     print(f"  model    {recipe.model.name} [{recipe.family}] {recipe.model.dtype}")
-    print(f"  method   {m.name} loss={m.loss} beta={m.beta} reference={m.reference}")
+    knobs = m.model_dump(mode="json", exclude_defaults=True, exclude={"name", "loss"})
+    if hasattr(m, "reference"):
+        knobs.setdefault("reference", m.reference)
+    shown = " ".join(f"{k}={v}" for k, v in knobs.items())
+    print(f"  method   {m.name} loss={m.loss} {shown}".rstrip())
     print(f"  peft     {recipe.peft.mode} r={recipe.peft.r} alpha={recipe.peft.alpha}")
     print(
         f"  train    {t.max_steps} steps x {t.micro_batch_size} x accum {t.grad_accum} lr={t.lr} {t.schedule}"

@@ -243,11 +243,113 @@ class RewardMethod(_MethodBase):
     )
 
 
+class RewardSpec(Section):
+    """One online-RL reward; every reward sees (image, prompt, response, meta)."""
+
+    name: Literal[tuple(catalog.REWARDS)] = Field(  # type: ignore[valid-type]
+        ..., description="Reward: " + ", ".join(catalog.REWARDS) + "."
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+    model: str | None = Field(
+        None, description="reward_model: an exported reward model dir; judge: a VLM path or name."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Reward-specific settings (see the reward's docstring)."
+    )
+
+    @model_validator(mode="after")
+    def _model_given(self) -> RewardSpec:
+        if catalog.REWARDS[self.name].needs_model and not self.model:
+            raise ValueError(f"model: reward {self.name!r} needs a model (path or name)")
+        return self
+
+
+class RolloutConfig(Section):
+    """Where responses are generated and how the policy's weights reach the generator."""
+
+    placement: Literal["local", "ray"] = Field(
+        "local",
+        description="local: each training worker generates with its own policy; ray: rollout "
+        "actors (colocated or on their own workers) that receive the LoRA weights.",
+    )
+    num_workers: int = Field(1, ge=1, description="Rollout actors (placement: ray).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per rollout actor.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per rollout actor.")
+    sync_every: int = Field(
+        1, ge=1, description="Optimizer steps between weight syncs to the rollout actors."
+    )
+    parity_tolerance: float = Field(
+        1e-4,
+        gt=0,
+        description="Max |log-prob| difference of a probe sample, trainer vs rollout actor.",
+    )
+
+
+class GrpoMethod(_MethodBase):
+    """Online RL on prompts: n samples per prompt, rewards, advantages, clipped policy updates."""
+
+    name: Literal["grpo"] = Field("grpo", description="Training method.")
+    loss: _losses("grpo") = Field(
+        "grpo", description="Loss variant: " + ", ".join(catalog.losses_for("grpo")) + "."
+    )
+    num_generations: int = Field(4, ge=2, description="Samples per prompt (the group size).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
+    max_new_tokens: int = Field(24, ge=1, description="Tokens generated per response.")
+    epsilon_low: float = Field(0.2, ge=0, description="Lower clip range of the ratio.")
+    epsilon_high: float = Field(
+        0.2, ge=0, description="Upper clip range of the ratio (DAPO's clip-higher: 0.28)."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL to the reference.")
+    kl_estimator: Literal["k3", "k1"] = Field("k3", description="KL estimator per token.")
+    kl_in_reward: bool = Field(
+        False, description="Fold the KL into the reward (RLOO style) instead of the loss."
+    )
+    advantage: Literal["auto", "group_normalized", "centered", "leave_one_out"] = Field(
+        "auto", description="Advantage estimator; auto: the loss's own (grpo: group_normalized)."
+    )
+    epochs: int = Field(1, ge=1, description="Policy epochs over each rollout batch (mu).")
+    mini_batch_size: int | None = Field(
+        None, ge=1, description="Responses per update micro-batch (default: the whole rollout)."
+    )
+    filter_ties: bool = Field(
+        False, description="Drop groups whose rewards all tie (DAPO dynamic sampling), counted."
+    )
+    overlong_cache: int = Field(
+        0, ge=0, description="DAPO soft overlong penalty window in tokens (0: off)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="refusal_rule")],
+        description="Rewards and their weights.",
+    )
+    reward_combine: Literal["weighted", "normalized"] = Field(
+        "weighted",
+        description="weighted: sum of weight x reward; normalized: each reward standardized "
+        "over the batch first (GDPO-style).",
+    )
+    reference: Literal["adapter_disabled", "frozen_copy", "none"] = Field(
+        "adapter_disabled", description="Reference for the KL: LoRA disabled, a frozen copy, none."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="Rollout placement and weight sync."
+    )
+    log_samples_every: int = Field(
+        0, ge=0, description="Steps between sample-rollout tables logged to MLflow (0: never)."
+    )
+
+    @model_validator(mode="after")
+    def _reference_needed(self) -> GrpoMethod:
+        if self.reference == "none" and self.kl_coef > 0:
+            raise ValueError("reference: kl_coef > 0 needs a reference (not none)")
+        return self
+
+
 METHOD_SECTIONS: dict[str, type[_MethodBase]] = {
     "sft": SftMethod,
     "dpo": DpoMethod,
     "kto": KtoMethod,
     "reward": RewardMethod,
+    "grpo": GrpoMethod,
 }
 assert set(METHOD_SECTIONS) == set(catalog.METHODS), "catalog and schema disagree on methods"
 
@@ -263,7 +365,8 @@ MethodConfig = Annotated[
     Annotated[SftMethod, Tag("sft")]
     | Annotated[DpoMethod, Tag("dpo")]
     | Annotated[KtoMethod, Tag("kto")]
-    | Annotated[RewardMethod, Tag("reward")],
+    | Annotated[RewardMethod, Tag("reward")]
+    | Annotated[GrpoMethod, Tag("grpo")],
     Discriminator(_method_tag),
 ]
 """The `method` section: one section type per method, chosen by `method.name`."""

@@ -42,14 +42,9 @@ from torch import Tensor
 
 from vlalign import catalog
 from vlalign.catalog import LossKind
-from vlalign.errors import VlalignError
-from vlalign.losses.base import LossOutput
+from vlalign.losses.base import LossOutput, UnknownLossError
+from vlalign.losses.policy import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, rloo_loss
 from vlalign.losses.unpaired import kto_loss
-
-
-class UnknownLossError(VlalignError):
-    """A loss name that is not registered, or one that does not fit the training method."""
-
 
 # --------------------------------------------------------------------------------------------
 # SFT
@@ -361,6 +356,11 @@ def _functions() -> dict[str, Callable[..., LossOutput]]:
         "orpo": orpo_loss,
         "kto": kto_loss,
         "bradley_terry": bradley_terry_loss,
+        "grpo": grpo_loss,
+        "dr_grpo": dr_grpo_loss,
+        "dapo": dapo_loss,
+        "gspo": gspo_loss,
+        "rloo": rloo_loss,
     }
 
 

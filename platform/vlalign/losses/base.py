@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from vlalign.errors import VlalignError
+
+
+class UnknownLossError(VlalignError):
+    """A loss name that is not registered, or one that does not fit the training method."""
+
 
 @dataclass
 class LossOutput:

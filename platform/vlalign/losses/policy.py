@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from vlalign.losses import UnknownLossError
+from vlalign.losses.base import UnknownLossError
 
 # --------------------------------------------------------------------------------------------
 # Output
