@@ -1,0 +1,428 @@
+"""The embedded generation engine: n sampled responses per prompt with transformers' `generate`.
+
+One `GenerationEngine.rollout(prompts, step)` call:
+
+1. tokenizes the P prompts with the family's chat template, left-padded ([P, L]);
+2. runs the vision tower ONCE per prompt (`vlalign.methods.forward.encode_images`) and gives
+   its features to every one of the prompt's n rows through transformers' ``mm_encoder_outputs``
+   (transformers >= 5 `generate` accepts precomputed features for LLaVA, Qwen2-VL and Idefics3:
+   without ``pixel_values`` it skips its own encoding; a test checks the vision tower runs once);
+3. generates the N = P * n rows in one batched `generate` (KV cache), rows of a prompt
+   consecutive (prompt p owns rows p*n .. p*n+n-1, the layout `vlalign.losses.policy` expects);
+4. lays the result out as the trainer will read it (right padding: prompt, response, padding) and
+   computes the old policy's per-token log-probs in ONE forward over that batch with the same
+   features (`token_forward`), so a trainer forward on the same batch starts at ratio 1.
+
+Seeding. Sampling does not use the global RNG: `RowSampler`, a logits processor, draws each
+row's token with that row's own `torch.Generator`, seeded from (seed, step, prompt key, sample
+index) by `sample_seed`. A resumed run regenerates the same samples for the same step and
+prompts, and a prompt's samples do not depend on which other prompts share its batch (up to
+float rounding of the logits under different padding). `generate` itself runs greedy over the
+processor's output, which keeps only the drawn token.
+
+Log-probs are those of the model itself (temperature 1, no top-p): the importance ratio
+pi_theta / pi_old compares the same distribution on both sides; sampling may be tempered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vlalign.errors import DataError
+from vlalign.logprobs import token_logprobs_from_logits
+from vlalign.methods.forward import PIXEL_KEYS, encode_images, image_inputs
+from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
+
+NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How responses are sampled (the recipe's grpo section maps onto this)."""
+
+    n: int = 4  # samples per prompt (the group size G)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    logprob_chunk: int = 1024  # positions per chunk of the log-prob pass
+
+
+def sample_seed(seed: int, step: int, key: str, index: int) -> int:
+    """A 63-bit seed for sample ``index`` of prompt ``key`` at ``step`` (stable across runs)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{step}\x1f{key}\x1f{index}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1)
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature, top-p, then one multinomial draw per row with the row's own generator.
+
+    scores: [N, V] -> [N, V] with 0 at the drawn token and -inf elsewhere, so greedy decoding
+    keeps exactly the draw. ``seeds``: [N] ints; one `torch.Generator` per row, created lazily
+    on the scores' device. ``banned``: token ids never drawn (image/video placeholders: a
+    sampled placeholder would have no features behind it in the log-prob forward).
+    """
+
+    def __init__(
+        self, seeds: Sequence[int], temperature: float, top_p: float, banned: Sequence[int] = ()
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.seeds = list(seeds)
+        self.banned = sorted(set(banned))
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.generators is None:
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
+            ]
+        x = scores.float() / self.temperature
+        if self.banned:
+            x[:, self.banned] = float("-inf")
+        if self.top_p is not None:
+            x = self.top_p(input_ids, x)
+        probs = torch.softmax(x, dim=-1)
+        drawn = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        )  # [N, 1]
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, drawn, 0.0)
+
+
+@dataclass
+class Rollout:
+    """N = P * n sampled responses in the trainer's layout (right padding). Shapes:
+
+    input_ids, attention_mask, labels: [N, T] (labels -100 except on response tokens, the
+    end-of-sequence token included); response_mask: [N, T] bool (labels != -100);
+    old_logps: [N, T] float32, label-aligned (``old_logps[i, t]`` scores ``input_ids[i, t]``;
+    0 off the response); prompt_index: [N] (row -> prompt); response_lengths: [N];
+    truncated: [N] bool (no end-of-sequence within max_new_tokens); texts: N decoded responses.
+    lm_inputs: the image kwargs the LM needs besides the features ([N, ...]: image_grid_thw
+    per row's image, mm_token_type_ids [N, T]). features: per-PROMPT image features (P images),
+    reusable for the trainer's and the reference's forwards (`expand_features`).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor
+    response_mask: Tensor
+    old_logps: Tensor
+    prompt_index: Tensor
+    response_lengths: Tensor
+    truncated: Tensor
+    texts: list[str]
+    n: int
+    lm_inputs: dict[str, Tensor] = field(default_factory=dict)
+    features: BaseModelOutputWithPooling | None = None
+    prompt_ids: Tensor | None = None  # [P, L] the left-padded prompts
+
+    def forward_kwargs(self, image_token_id: int) -> dict:
+        """Model kwargs carrying this rollout's images for a forward over its N rows."""
+        extra = dict(self.lm_inputs)
+        if self.features is not None:
+            extra["mm_encoder_outputs"] = {
+                "image": expand_features(
+                    self.features, self.prompt_image_counts(image_token_id), self.n
+                )
+            }
+        return extra
+
+    def prompt_image_counts(self, image_token_id: int) -> list[int]:
+        """Image-feature entries per prompt (see `split_by_prompt`)."""
+        return split_by_prompt(self.features, self.prompt_ids, image_token_id)
+
+
+def split_by_prompt(
+    features: BaseModelOutputWithPooling | None, prompt_ids: Tensor | None, image_token_id: int
+) -> list[int]:
+    """How many entries of ``features.pooler_output`` belong to each prompt, in order.
+
+    Entries are matched to prompts by cumulative image-token counts, as transformers'
+    `_expand_multimodal_outputs` does: an entry of k rows feeds k placeholder tokens.
+    """
+    if features is None or prompt_ids is None:
+        return []
+    po = features.pooler_output
+    entry_tokens = [len(e) for e in po]
+    per_prompt = (prompt_ids == image_token_id).sum(-1).tolist()
+    counts, i = [], 0
+    for need in per_prompt:
+        got = k = 0
+        while got < need:
+            got += entry_tokens[i + k]
+            k += 1
+        if got != need:
+            raise DataError(f"image features do not split by prompt ({got} != {need} tokens)")
+        counts.append(k)
+        i += k
+    return counts
+
+
+def expand_features(
+    features: BaseModelOutputWithPooling, counts: Sequence[int], n: int
+) -> BaseModelOutputWithPooling:
+    """Per-prompt features -> per-row features: prompt p's entries repeated n times in a row.
+
+    counts: entries per prompt (`split_by_prompt`). pooler_output keeps its type (list/tuple of
+    [k, H] or a stacked tensor). No copy of the vision tower's work: entries are shared.
+    """
+    po = features.pooler_output
+    entries = list(po)
+    out, i = [], 0
+    for c in counts:
+        group = entries[i : i + c]
+        out.extend(group * n)
+        i += c
+    if isinstance(po, Tensor):
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(out))
+    return BaseModelOutputWithPooling(pooler_output=type(po)(out) if isinstance(po, tuple) else out)
+
+
+def _first_scored(labels: Tensor) -> int:
+    scored = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    return int(scored[0]) if len(scored) else labels.shape[1] - 1
+
+
+def token_forward(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    extra: dict,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Per-token response log-probs [N, T] float32, label-aligned (`vlalign.logprobs`).
+
+    input_ids, attention_mask, labels: [N, T] right-padded. Logits are computed only from the
+    position before the first scored label on, and log-probs chunk by chunk over the vocabulary.
+    Differentiable when called with grad enabled (the trainer's new log-probs).
+    """
+    start = max(0, _first_scored(labels) - 1)
+    keep = torch.arange(start, input_ids.shape[1], device=input_ids.device) if start else 0
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_to_keep=keep,
+        use_cache=False,
+        **extra,
+    )
+    lp = token_logprobs_from_logits(out.logits, labels[:, start:], chunk_size)
+    return F.pad(lp, (start, 0))
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+
+
+class GenerationEngine:
+    """Samples n responses per prompt from ``model`` (a transformers VLM, PEFT-wrapped or not).
+
+    prompts given to `rollout` are decoded samples (dicts with "key", "prompt", "images": list of
+    PIL images; other keys are ignored). ``max_length`` bounds prompt tokens (image tokens
+    included); longer prompts are a `DataError` naming the sample.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor,
+        family: str,
+        settings: SamplingSettings,
+        max_length: int = 512,
+    ) -> None:
+        self.model = model
+        self.encoder = ChatEncoder(processor, family, max_length)
+        self.settings = settings
+        self.tokenizer = self.encoder.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.eos = _eos_ids(model, self.tokenizer)
+
+    def placeholder_ids(self) -> list[int]:
+        """Image/video placeholder token ids of the model (never sampled)."""
+        ids = {self.encoder.image_token_id}
+        cfg = getattr(self.model, "config", None)
+        for attr in ("image_token_id", "image_token_index", "video_token_id"):
+            v = getattr(cfg, attr, None)
+            if isinstance(v, int) and v >= 0:
+                ids.add(v)
+        return sorted(ids)
+
+    # -- inputs --------------------------------------------------------------------------
+    def prompt_batch(self, prompts: Sequence[dict]) -> dict[str, Tensor]:
+        """Chat-templated prompts, left-padded: input_ids/attention_mask [P, L] + image tensors."""
+        enc = self.encoder
+        texts = [enc.prompt_text(p["prompt"], len(p.get("images") or [])) for p in prompts]
+        images = [list(p.get("images") or []) for p in prompts]
+        kwargs: dict = {}
+        if any(images):
+            if enc.family in NESTED_IMAGE_FAMILIES:
+                kwargs["images"] = images
+            else:
+                kwargs["images"] = [im for ims in images for im in ims]
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            out = enc.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+        finally:
+            self.tokenizer.padding_side = old_side
+        for p, n in zip(prompts, out["attention_mask"].sum(-1).tolist(), strict=True):
+            if n > enc.max_length:
+                raise DataError(
+                    f"sample {p.get('key', '?')}: prompt is {n} tokens (with image tokens) > "
+                    f"data.max_length {enc.max_length}"
+                )
+        return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+
+    # -- rollout -------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[dict], step: int) -> Rollout:
+        """n samples for each prompt, their trainer-layout batch and old-policy log-probs."""
+        s = self.settings
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            return self._rollout(model, prompts, step, s)
+        finally:
+            model.train(was_training)
+
+    def _rollout(self, model, prompts: Sequence[dict], step: int, s: SamplingSettings) -> Rollout:
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.prompt_batch(prompts).items()}
+        P, n = len(prompts), s.n
+        images = image_inputs(batch)
+        features = encode_images(model, images) if images else None
+        image_id = self.encoder.image_token_id
+        counts = split_by_prompt(features, batch["input_ids"], image_id)
+
+        def rows(x: Tensor) -> Tensor:
+            return x.repeat_interleave(n, dim=0)
+
+        gen_in = {
+            "input_ids": rows(batch["input_ids"]),
+            "attention_mask": rows(batch["attention_mask"]),
+        }
+        # Per-image tensors the LM reads besides the features (Qwen2-VL's image_grid_thw: one
+        # row per image): each prompt's group repeated n times, like the features.
+        lm_images = {
+            k: torch.cat([g for g in v.split(counts) for _ in range(n)])
+            for k, v in images.items()
+            if k not in PIXEL_KEYS
+        }
+        if "mm_token_type_ids" in batch:
+            gen_in["mm_token_type_ids"] = rows(batch["mm_token_type_ids"])
+        if features is not None:
+            gen_in["mm_encoder_outputs"] = {"image": expand_features(features, counts, n)}
+        seeds = [
+            sample_seed(s.seed, step, str(p.get("key", i)), j)
+            for i, p in enumerate(prompts)
+            for j in range(n)
+        ]
+        sampler = RowSampler(seeds, s.temperature, s.top_p, self.placeholder_ids())
+        seqs = model.generate(
+            **gen_in,
+            **lm_images,
+            max_new_tokens=s.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            logits_processor=LogitsProcessorList([sampler]),
+            pad_token_id=self.pad_id,
+        )
+        L = batch["input_ids"].shape[1]
+        new = seqs[:, L:]  # [N, R]
+        layout = self._layout(
+            gen_in["input_ids"], gen_in["attention_mask"], new, gen_in.get("mm_token_type_ids")
+        )
+        extra = dict(lm_images)
+        if "mm_token_type_ids" in layout:
+            extra["mm_token_type_ids"] = layout.pop("mm_token_type_ids")
+        rollout = Rollout(
+            input_ids=layout["input_ids"],
+            attention_mask=layout["attention_mask"],
+            labels=layout["labels"],
+            response_mask=layout["labels"] != IGNORE_INDEX,
+            old_logps=torch.empty(0),
+            prompt_index=torch.arange(P, device=device).repeat_interleave(n),
+            response_lengths=layout["response_lengths"],
+            truncated=layout["truncated"],
+            texts=layout["texts"],
+            n=n,
+            lm_inputs=extra,
+            features=features,
+            prompt_ids=batch["input_ids"],
+        )
+        rollout.old_logps = token_forward(
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.labels,
+            rollout.forward_kwargs(image_id),
+            s.logprob_chunk,
+        )
+        return rollout
+
+    def _layout(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, new: Tensor, mm_types: Tensor | None
+    ) -> dict:
+        """Left-padded prompts [N, L] + generated [N, R] -> right-padded [N, T] batch."""
+        rows_ids, rows_labels, rows_types, lengths, truncated, texts = [], [], [], [], [], []
+        for i in range(new.shape[0]):
+            p = prompt_ids[i][prompt_mask[i].bool()]
+            gen = new[i].tolist()
+            n_resp = len(gen)
+            cut = True
+            for j, t in enumerate(gen):
+                if t in self.eos:
+                    n_resp, cut = j + 1, False  # the end-of-sequence token is a response token
+                    break
+            resp = new[i, :n_resp]
+            rows_ids.append(torch.cat([p, resp]))
+            rows_labels.append(torch.cat([torch.full_like(p, IGNORE_INDEX), resp]))
+            if mm_types is not None:
+                t = mm_types[i][prompt_mask[i].bool()]
+                rows_types.append(torch.cat([t, torch.zeros_like(resp)]))
+            lengths.append(n_resp)
+            truncated.append(cut)
+            texts.append(
+                self.tokenizer.decode(gen[: n_resp - (0 if cut else 1)], skip_special_tokens=True)
+            )
+        T = max(len(r) for r in rows_ids)
+
+        def pad(rows: list[Tensor], value: int) -> Tensor:
+            return torch.stack([F.pad(r, (0, T - len(r)), value=value) for r in rows])
+
+        ids = pad(rows_ids, self.pad_id)
+        mask = pad([torch.ones_like(r) for r in rows_ids], 0)
+        out = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": pad(rows_labels, IGNORE_INDEX),
+            "response_lengths": torch.tensor(lengths, device=ids.device),
+            "truncated": torch.tensor(truncated, device=ids.device),
+            "texts": [t.strip() for t in texts],
+        }
+        if rows_types:
+            out["mm_token_type_ids"] = pad(rows_types, 0)
+        return out
