@@ -146,7 +146,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
             loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
             for b in micro:
                 out = method.step(b)
-                engine.backward(out.loss_sum / global_units * t.grad_accum * world)
+                engine.backward(out.loss_sum / max(global_units, 1.0) * t.grad_accum * world)
                 engine.step()
                 loss_sum += float(out.loss_sum.detach())
                 for k, v in out.sums.items():

@@ -1,0 +1,334 @@
+"""Online RL for VLMs: the GRPO family and RLOO (the loss chosen by name), rewards that see the image.
+
+One data batch holds P prompts (any record kind: prompt, images, meta). `expand` turns it into
+the micro-batches the loop trains on:
+
+1. rollout: n samples per prompt from the current policy (`vlalign.rollout.engine`), seeded by
+   (train.seed, rollout index, prompt key, sample index) so a resumed run regenerates the same
+   samples; the image is encoded once per prompt and its features serve every sample and the
+   old-policy and reference log-prob passes;
+2. rewards: every reward sees (image, prompt, response, meta) (`vlalign.rollout.rewards`),
+   combined by weights or normalized then summed; the KL may be folded into the reward;
+   DAPO's overlong penalty is added when set;
+3. advantages: the loss's own estimator (group-normalized, centered, leave-one-out) or the
+   recipe's; groups whose rewards all tie can be dropped (counted);
+4. `epochs` passes over the rollout in micro-batches of `mini_batch_size` responses.
+
+`step` computes the policy's token log-probs on one micro-batch and the policy loss (a SUM over
+the loss's unit, sequences or tokens, with its count, as every method returns). Checkpoints fall
+between rollouts (the loop's rule), so a resumed run continues with exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vlalign.config.schema import GrpoMethod
+from vlalign.losses import LOSSES
+from vlalign.losses.policy import (
+    ADVANTAGES,
+    POLICY_LOSSES,
+    dapo_group_filter,
+    kl_penalized_rewards,
+    means_from_sums,
+    overlong_penalty,
+)
+from vlalign.methods.base import Run, StepOutput, frozen_copy
+from vlalign.methods.forward import encode_images, image_inputs, vision_is_trainable
+from vlalign.models.unwrap import unwrap_engine, unwrap_peft
+from vlalign.rollout.engine import (
+    GenerationEngine,
+    Rollout,
+    SamplingSettings,
+    expand_features,
+    token_forward,
+)
+from vlalign.rollout.rewards import RewardSet, build_rewards
+
+
+@dataclass
+class _Piece:
+    """Rows of one rollout that form one update micro-batch."""
+
+    rollout: Rollout
+    rows: Tensor  # [M] row indices into the rollout
+    advantages: Tensor  # [M]
+    ref_logps: Tensor | None  # [M, T] or None
+    pixels: dict[str, Tensor]  # the prompts' image tensors (to re-encode a trainable tower)
+    sums: dict[str, float]  # rollout metrics, carried by the rollout's first piece only
+
+
+def _select_features(
+    feats: BaseModelOutputWithPooling, rows: list[int]
+) -> BaseModelOutputWithPooling:
+    """Per-row features (one entry per row) restricted to `rows`."""
+    po = feats.pooler_output
+    if isinstance(po, Tensor):
+        return BaseModelOutputWithPooling(pooler_output=po[rows])
+    picked = [po[i] for i in rows]
+    return BaseModelOutputWithPooling(
+        pooler_output=type(po)(picked) if isinstance(po, tuple) else picked
+    )
+
+
+class Grpo:
+    """Batches: prompts. Units: the loss's (sequences or tokens)."""
+
+    batch_kind = "prompts"
+
+    def __init__(self, cfg: GrpoMethod) -> None:
+        self.cfg = cfg
+        self.spec = POLICY_LOSSES[cfg.loss]
+        assert LOSSES[cfg.loss].fn is self.spec.fn
+        adv = self.spec.advantage if cfg.advantage == "auto" else cfg.advantage
+        self.advantage_fn = ADVANTAGES[adv]
+        self.model: nn.Module | None = None
+        self.frozen_ref: nn.Module | None = None
+        self.generator: GenerationEngine | None = None
+        self.rewards: RewardSet | None = None
+        self.rollouts_done = 0  # seeds the samples; saved in the checkpoint
+        self.seed = 0
+        self.image_token_id = -1
+
+    # -- the Method protocol ---------------------------------------------------------------
+    def prepare(self, run: Run) -> nn.Module:
+        """The generator (this worker's own policy: placement local), the reference, rewards."""
+        c = self.cfg
+        self.seed = run.recipe.train.seed
+        if c.reference == "frozen_copy":
+            self.frozen_ref = frozen_copy(run.model)
+        elif c.reference == "adapter_disabled" and (c.kl_coef > 0 or c.kl_in_reward):
+            if not hasattr(unwrap_peft(run.model), "disable_adapter"):
+                raise ValueError("method.reference: adapter_disabled needs peft.mode lora")
+        settings = SamplingSettings(
+            n=c.num_generations,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_new_tokens=c.max_new_tokens,
+            seed=self.seed,
+            logprob_chunk=c.logprob_chunk,
+        )
+        self.generator = GenerationEngine(
+            run.model,
+            run.built.processor,
+            run.built.family,
+            settings,
+            max_length=run.recipe.data.max_length,
+        )
+        self.image_token_id = self.generator.encoder.image_token_id
+        self.rewards = build_rewards(c.rewards, c.reward_combine, run.device)
+        return run.model
+
+    def setup(self, engine: nn.Module) -> None:
+        self.model = engine
+        self.generator.model = unwrap_engine(engine)  # generate with the trained weights
+
+    def units(self, batch: dict) -> float:
+        piece: _Piece = batch["piece"]
+        if self.spec.unit == "tokens":
+            return float(piece.rollout.response_mask[piece.rows].sum())
+        return float(len(piece.rows))
+
+    def tokens(self, batch: dict) -> int:
+        piece: _Piece = batch["piece"]
+        return int(piece.rollout.attention_mask[piece.rows].sum())
+
+    def expand(self, batch: dict) -> list[dict]:
+        """Rollout, rewards and advantages for the batch's prompts -> update micro-batches."""
+        c = self.cfg
+        samples = [
+            {"key": k, "prompt": p, "images": im, "meta": m}
+            for k, p, im, m in zip(
+                batch["keys"], batch["prompts"], batch["images"], batch["meta"], strict=True
+            )
+        ]
+        ro = self.generator.rollout(samples, step=self.rollouts_done)
+        self.rollouts_done += 1
+        N, n = ro.input_ids.shape[0], ro.n
+        rows_of = [samples[int(p)] for p in ro.prompt_index.tolist()]
+        scored = self.rewards.score(rows_of, ro.texts)
+        rewards = scored.total.to(ro.old_logps.device, torch.float32)
+        sums: dict[str, float] = {f"{k}/sum": float(v.sum()) for k, v in scored.parts.items()}
+        sums.update({f"{k}/sqsum": float((v.float() ** 2).sum()) for k, v in scored.parts.items()})
+        if c.overlong_cache:
+            rewards = rewards + overlong_penalty(
+                ro.response_lengths, c.max_new_tokens, c.overlong_cache
+            ).to(rewards.device)
+        ref_logps = self._reference_logps(ro) if (c.kl_coef > 0 or c.kl_in_reward) else None
+        if c.kl_in_reward:
+            rewards = kl_penalized_rewards(
+                rewards,
+                ro.old_logps,
+                ref_logps,
+                ro.response_mask,
+                kl_coef=c.kl_coef,
+                estimator=c.kl_estimator,
+            )
+        advantages = self.advantage_fn(rewards, n)
+        keep = torch.ones(N, dtype=torch.bool, device=rewards.device)
+        if c.filter_ties:
+            f = dapo_group_filter(rewards, n)
+            keep = f.keep.to(rewards.device)
+            sums["groups/dropped"] = float(f.dropped_groups)
+        sums.update(self._rollout_sums(ro, rewards, advantages, rows_of))
+        pixels = image_inputs(self.generator.prompt_batch(samples))
+        rows = keep.nonzero().flatten()
+        size = c.mini_batch_size or max(len(rows), 1)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rollouts_done)
+        pieces: list[dict] = []
+        for epoch in range(c.epochs):
+            order = rows if epoch == 0 else rows[torch.randperm(len(rows), generator=gen)]
+            for i in range(0, len(order), size):
+                idx = order[i : i + size]
+                pieces.append(
+                    {
+                        "piece": _Piece(
+                            ro,
+                            idx,
+                            advantages[idx],
+                            None if ref_logps is None else ref_logps[idx],
+                            pixels,
+                            sums if not pieces else {},
+                        ),
+                        "n_skipped": batch.get("n_skipped", 0) if not pieces else 0,
+                    }
+                )
+        if not pieces:  # every group tied and was dropped: one empty update keeps the loop going
+            empty = rows[:0]
+            pieces.append({"piece": _Piece(ro, empty, advantages[empty], None, pixels, sums)})
+        return pieces
+
+    def step(self, batch: dict) -> StepOutput:
+        """Policy loss of one micro-batch: SUM over the loss's unit, count = units."""
+        p: _Piece = batch["piece"]
+        c = self.cfg
+        if len(p.rows) == 0:
+            zero = sum(x.sum() for x in self.model.parameters() if x.requires_grad) * 0.0
+            return StepOutput(loss_sum=zero, count=0.0, sums=dict(p.sums))
+        rows = p.rows.tolist()
+        logps = self._token_logps(self.model, p.rollout, rows, p.pixels, grad=True)
+        out = self.spec.fn(
+            logps,
+            p.rollout.old_logps[rows],
+            None if c.kl_in_reward else p.ref_logps,
+            p.rollout.response_mask[rows],
+            p.advantages,
+            eps_low=c.epsilon_low,
+            eps_high=c.epsilon_high,
+            kl_coef=0.0 if c.kl_in_reward else c.kl_coef,
+            max_length=c.max_new_tokens,
+        )
+        sums = {f"update/{k}": v for k, v in out.sums.items()}
+        sums.update(p.sums)
+        return StepOutput(loss_sum=out.loss, count=out.count, sums=sums)
+
+    def metrics(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        """Update means (clip_frac, ratio_mean, kl, entropy) and the rollout's statistics."""
+        upd = {k.removeprefix("update/"): v for k, v in sums.items() if k.startswith("update/")}
+        out = means_from_sums(upd)
+        rows = max(sums.get("rollout/rows", 0.0), 1.0)
+        for key, total in sums.items():
+            if key.endswith("/sum"):
+                name = key.removesuffix("/sum")
+                mean = total / rows
+                sq = sums.get(f"{name}/sqsum", 0.0) / rows
+                out[f"{name}/mean"] = mean
+                out[f"{name}/std"] = max(sq - mean * mean, 0.0) ** 0.5
+        for key in ("response_length", "advantage_abs"):
+            if f"rollout/{key}" in sums:
+                out[key] = sums[f"rollout/{key}"] / rows
+        for label in ("harmful", "benign"):
+            n_label = sums.get(f"rollout/{label}_rows", 0.0)
+            if n_label:
+                out[f"refusal/{label}"] = sums.get(f"rollout/{label}_refused", 0.0) / n_label
+        if "groups/dropped" in sums:
+            out["groups/dropped"] = sums["groups/dropped"]
+        out["rollout/truncated"] = sums.get("rollout/truncated", 0.0) / rows
+        return out
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"rollouts_done": self.rollouts_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollouts_done = int(state.get("rollouts_done", 0))
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _token_logps(
+        self, model: nn.Module, ro: Rollout, rows: list[int], pixels: dict, grad: bool
+    ) -> Tensor:
+        """Token log-probs [M, T] of the rollout's `rows` under `model`."""
+        extra = {k: v for k, v in ro.lm_inputs.items()}
+        per_row_images = "image_grid_thw" in extra or "image_sizes" in extra
+        if ro.features is not None:
+            feats = ro.features
+            if grad and vision_is_trainable(model):  # a trainable tower needs its own graph
+                feats = encode_images(model, pixels)
+            counts = ro.prompt_image_counts(self.image_token_id)
+            row_feats = expand_features(feats, counts, ro.n)
+            if not all(c == 1 for c in counts):
+                raise ValueError("grpo: prompts with several images are not supported yet")
+            extra["mm_encoder_outputs"] = {"image": _select_features(row_feats, rows)}
+        for k in list(extra):
+            if k == "mm_encoder_outputs":
+                continue
+            if k == "mm_token_type_ids" or per_row_images:
+                extra[k] = extra[k][rows]
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            return token_forward(
+                model,
+                ro.input_ids[rows],
+                ro.attention_mask[rows],
+                ro.labels[rows],
+                extra,
+                self.cfg.logprob_chunk,
+            )
+
+    def _reference_logps(self, ro: Rollout) -> Tensor:
+        """The reference's token log-probs [N, T] of the whole rollout (no grad)."""
+        rows = list(range(ro.input_ids.shape[0]))
+        if self.frozen_ref is not None:
+            ctx, model = contextlib.nullcontext(), self.frozen_ref
+        else:
+            ctx, model = unwrap_peft(self.model).disable_adapter(), self.model
+        was_training = model.training
+        model.eval()
+        with ctx:
+            out = self._token_logps(model, ro, rows, {}, grad=False)
+        model.train(was_training)
+        return out
+
+    def _rollout_sums(
+        self, ro: Rollout, rewards: Tensor, advantages: Tensor, rows_of: list[dict]
+    ) -> dict[str, float]:
+        """Sums over the rollout's rows: lengths, advantages, refusals by label."""
+        from vlalign.safety.refusal import PhraseRefusalDetector
+
+        refused = PhraseRefusalDetector().is_refusal(list(ro.texts))
+        sums = {
+            "rollout/rows": float(len(rows_of)),
+            "reward/sum": float(rewards.sum()),
+            "reward/sqsum": float((rewards**2).sum()),
+            "rollout/response_length": float(ro.response_lengths.float().sum()),
+            "rollout/advantage_abs": float(advantages.abs().sum()),
+            "rollout/truncated": float(ro.truncated.float().sum()),
+        }
+        for sample, ref in zip(rows_of, refused, strict=True):
+            harmful = (sample.get("meta") or {}).get("harmful")
+            if harmful is None:
+                continue
+            label = "harmful" if harmful else "benign"
+            sums[f"rollout/{label}_rows"] = sums.get(f"rollout/{label}_rows", 0.0) + 1
+            sums[f"rollout/{label}_refused"] = sums.get(f"rollout/{label}_refused", 0.0) + ref
+        return sums
+
+
+METHOD = Grpo
