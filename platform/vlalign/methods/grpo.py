@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.config.schema import GrpoMethod
+from vlalign.errors import VlalignError
 from vlalign.losses import LOSSES
 from vlalign.losses.policy import (
     ADVANTAGES,
@@ -102,9 +103,12 @@ class Grpo:
         self.seed = run.recipe.train.seed
         if c.reference == "frozen_copy":
             self.frozen_ref = frozen_copy(run.model)
-        elif c.reference == "adapter_disabled" and (c.kl_coef > 0 or c.kl_in_reward):
-            if not hasattr(unwrap_peft(run.model), "disable_adapter"):
-                raise ValueError("method.reference: adapter_disabled needs peft.mode lora")
+        elif (
+            c.reference == "adapter_disabled"
+            and (c.kl_coef > 0 or c.kl_in_reward)
+            and not hasattr(unwrap_peft(run.model), "disable_adapter")
+        ):
+            raise VlalignError("method.reference: adapter_disabled needs peft.mode lora")
         settings = SamplingSettings(
             n=c.num_generations,
             temperature=c.temperature,
