@@ -19,13 +19,14 @@ from vlalign.config.schema import Recipe
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss, reward_metrics
 from vlalign.methods.base import StepOutput
-from vlalign.methods.forward import (
+from vlalign.methods.forward import pair_forward
+from vlalign.methods.pair_inputs import (
     PairOptions,
     encode_images,
     image_inputs,
-    pair_forward,
     vision_is_trainable,
 )
+from vlalign.models.unwrap import unwrap
 
 
 @dataclass
@@ -97,8 +98,7 @@ def reference_logps(state: State, batch: dict, features) -> tuple[torch.Tensor, 
     if state.reference == "frozen_copy":
         ctx, model = contextlib.nullcontext(), state.frozen_ref
     else:
-        peft_model = state.model.module if hasattr(state.model, "module") else state.model
-        ctx, model = peft_model.disable_adapter(), state.model
+        ctx, model = unwrap(state.model, peft=False).disable_adapter(), state.model
     feats = features
     was_training = model.training
     model.eval()

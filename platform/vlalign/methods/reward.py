@@ -10,7 +10,9 @@ from torch import nn
 from vlalign.config.schema import Recipe
 from vlalign.losses import LossSpec, resolve_loss
 from vlalign.methods.base import StepOutput
-from vlalign.methods.forward import encode_images, hf_model, image_inputs, stacked_pair_inputs
+from vlalign.methods.forward import stacked_pair_inputs
+from vlalign.methods.pair_inputs import encode_images, image_inputs
+from vlalign.models.unwrap import unwrap
 
 
 class RewardModel(nn.Module):
@@ -22,7 +24,7 @@ class RewardModel(nn.Module):
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
         self.policy = policy
-        hidden = hf_model(policy).config.get_text_config().hidden_size
+        hidden = unwrap(policy).config.get_text_config().hidden_size
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
         nn.init.zeros_(self.value_head.bias)
@@ -65,11 +67,7 @@ def score_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of chosen and rejected [B] each, in one [2B, T] forward, images encoded once."""
     images = image_inputs(batch)
-    rm = (
-        model.module
-        if hasattr(model, "module") and isinstance(model.module, RewardModel)
-        else model
-    )
+    rm = unwrap(model, peft=False)  # the RewardModel under a DeepSpeed engine
     features = encode_images(rm.policy, images) if images and share_vision else None
     seq, extra = stacked_pair_inputs(batch, pad_id, features)
     r = model(seq["input_ids"], seq["attention_mask"], **extra)
