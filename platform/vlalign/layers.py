@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "vlalign.catalog",
         "vlalign.cache",
         "vlalign.layers",
-        "vlalign.shipped",
+        "vlalign._shipped",
         "vlalign.scorecard",
     ),
     ("vlalign.config",),  # recipe schema, loading, checks
