@@ -215,7 +215,9 @@ def test_checker_finds_cycles_upward_imports_and_data_pipeline_reach(tmp_path):
         "platform/vlalign/evaluation/runner.py",
         "def f():\n    import mlflow\n    from vlalign.tracking.store import s\n",
     )
-    _write(tmp_path, "platform/vlalign/tracking/store.py", "from vlalign.evaluation import runner\n")
+    _write(
+        tmp_path, "platform/vlalign/tracking/store.py", "from vlalign.evaluation import runner\n"
+    )
     _write(tmp_path, "platform/vlalign/mystery.py", "")
     _write(tmp_path, "data_pipeline/__init__.py", "")
     _write(tmp_path, "data_pipeline/stats.py", "from vlalign.models.builder import build\n")
