@@ -39,6 +39,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(venv dir, environment for commands run in it) with the wheel installed."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
+    src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
     for name in SOURCES:
         path = ROOT / name
