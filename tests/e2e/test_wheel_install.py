@@ -34,12 +34,12 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600):
     return out
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """(venv dir, environment for commands run in it) with the wheel installed."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def _copy_sources(src: Path) -> Path:
+    src.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
     for name in SOURCES:
         path = ROOT / name
@@ -47,12 +47,24 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             shutil.copytree(path, src / name, ignore=ignore)
         else:
             shutil.copy2(path, src / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return src
+
+
+def _wheel_names(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as z:
+        return set(z.namelist())
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(venv dir, environment for commands run in it) with the wheel installed."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = _copy_sources(tmp / "src")
+    env = _clean_env()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", ".", "-w", str(tmp)], src, env)
     (wheel,) = tmp.glob("vlalign-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        names = set(z.namelist())
+    names = _wheel_names(wheel)
     assert "vlalign/_shipped/recipes/tiny/dpo.yaml" in names
     assert "vlalign/_shipped/deepspeed/zero2.json" in names
 
@@ -117,3 +129,22 @@ def test_ls_validate_and_a_tiny_run_from_outside_the_checkout(installed, tmp_pat
     assert "done: tiny-sft: 2 steps this run" in run
     export = tmp_path / "runs" / "tiny-sft" / "export"
     assert (export / "adapter_config.json").is_file() and (export / "recipe.yaml").is_file()
+
+
+def test_a_wheel_built_from_the_sdist_has_them_too(tmp_path):
+    """`python -m build` makes the sdist first, then the wheel from it: both carry the files."""
+    src = _copy_sources(tmp_path / "src")
+    build = "from setuptools import build_meta as b; import sys; print(b.{}(sys.argv[1]))"
+    env = _clean_env()
+    sdist = _run([sys.executable, "-c", build.format("build_sdist"), str(tmp_path)], src, env)
+    archive = tmp_path / sdist.stdout.strip().splitlines()[-1]
+    shutil.unpack_archive(archive, tmp_path / "unpacked")
+    (tree,) = (tmp_path / "unpacked").iterdir()
+    assert (tree / "recipes" / "tiny" / "dpo.yaml").is_file()
+    wheel = _run([sys.executable, "-c", build.format("build_wheel"), str(tmp_path)], tree, env)
+    names = _wheel_names(tmp_path / wheel.stdout.strip().splitlines()[-1])
+    shipped = {n for n in names if n.startswith("vlalign/_shipped/")}
+    recipes = {str(p.relative_to(ROOT)) for p in (ROOT / "recipes").rglob("*.yaml")}
+    templates = {p.name for p in (ROOT / "cluster" / "deepspeed").glob("*.json")}
+    assert shipped >= {f"vlalign/_shipped/{r}" for r in recipes}
+    assert shipped >= {f"vlalign/_shipped/deepspeed/{t}" for t in templates}
