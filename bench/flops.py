@@ -54,10 +54,10 @@ def count_params(model: torch.nn.Module) -> ParamCounts:
 
     LoRA adapter parameters are excluded (they are not part of the model being counted).
     """
-    from vlalign.methods.forward import hf_model
     from vlalign.models.lora import projector_prefix, vision_prefix
+    from vlalign.models.unwrap import unwrap
 
-    base = hf_model(model)
+    base = unwrap(model)
     prefixes = [p for p in (vision_prefix(base), projector_prefix(base)) if p]
     emb = base.get_input_embeddings().weight
     head = base.get_output_embeddings()
@@ -87,9 +87,9 @@ def patches_per_image(model: torch.nn.Module, batch: dict) -> float:
     LLaVA/CLIP: (H / patch)^2 + 1 CLS; Qwen2-VL: t*h*w patches of image_grid_thw (before the 2x2
     merger); Idefics3: real sub-images x (H / patch)^2.
     """
-    from vlalign.methods.forward import hf_model
+    from vlalign.models.unwrap import unwrap
 
-    vcfg = hf_model(model).config.vision_config
+    vcfg = unwrap(model).config.vision_config
     pv = batch.get("pixel_values")
     if pv is None:
         return 0.0

@@ -74,15 +74,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _encoder_for(recipe):
+    """The recipe's chat encoder (processor only, no model), for token lengths."""
+    from vlalign.models.builder import detect_family, resolve_source
+    from vlalign.models.inputs import ChatEncoder
+    from vlalign.models.processors import load_processor
+
+    source = resolve_source(recipe.model)
+    family = detect_family(recipe.model, source)
+    processor = load_processor(
+        source, family, recipe.model.trust_remote_code, recipe.model.revision
+    )
+    return ChatEncoder(processor, family, max_length=1 << 30)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from data_pipeline.stats import compute_stats, format_stats
 
-    recipe = None
+    recipe, encoder = None, None
     if args.recipe:
         from vlalign.config.loading import load_recipe
 
         recipe = load_recipe(args.recipe)
-    stats = compute_stats(args.dir, recipe, args.split or None, progress=not args.quiet)
+        encoder = _encoder_for(recipe)
+    stats = compute_stats(
+        args.dir, recipe, args.split or None, encoder=encoder, progress=not args.quiet
+    )
     print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
     return 0
 

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from data_pipeline.decode import decode_image
 from data_pipeline.manifest import load_manifest
 from data_pipeline.reader import iter_samples
+from vlalign.config.schema import Recipe
+from vlalign.models.inputs import ChatEncoder
 
 RESPONSE_FIELDS = ("response", "chosen", "rejected", "reference")
 
@@ -51,25 +53,22 @@ def _label(sample: dict) -> str:
     return "unknown" if harmful is None else ("harmful" if harmful else "benign")
 
 
-def _encoder_for(recipe):
-    from vlalign.models.builder import detect_family, resolve_source
-    from vlalign.models.inputs import ChatEncoder
-    from vlalign.models.processors import load_processor
-
-    source = resolve_source(recipe.model)
-    family = detect_family(recipe.model, source)
-    processor = load_processor(
-        source, family, recipe.model.trust_remote_code, recipe.model.revision
-    )
-    return ChatEncoder(processor, family, max_length=1 << 30)
-
-
 def compute_stats(
-    location: str, recipe=None, splits: list[str] | None = None, *, progress: bool = False
+    location: str,
+    recipe: Recipe | None = None,
+    splits: list[str] | None = None,
+    *,
+    encoder: ChatEncoder | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Statistics of a shard set (see the module docstring); `recipe` is a loaded Recipe."""
+    """Statistics of a shard set (see the module docstring).
+
+    With a loaded `recipe`, token lengths too: `encoder` is then the recipe's chat encoder (its
+    processor and family; `vlalign data stats --recipe` builds it from the recipe).
+    """
+    if (recipe is None) != (encoder is None):
+        raise ValueError("compute_stats: token lengths need both the recipe and its encoder")
     manifest = load_manifest(location)
-    encoder = _encoder_for(recipe) if recipe is not None else None
     out: dict[str, Any] = {
         "location": str(location),
         "dataset_digest": manifest.dataset_digest,

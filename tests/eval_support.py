@@ -59,7 +59,7 @@ def make_adapter_export(
         "base_model": recipe.model.model_dump(mode="json"),
     }
     if reward:
-        from vlalign.methods.reward import RewardModel
+        from vlalign.models.value_head import RewardModel
 
         torch.manual_seed(seed)
         rm = RewardModel(policy)

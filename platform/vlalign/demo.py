@@ -75,24 +75,30 @@ def _train(recipe: Recipe, use_ray: bool):
         from vlalign.orchestration.ray_train import run_on_ray
 
         return run_on_ray(recipe)
+    from vlalign.tracking.run_logger import RunLogger
     from vlalign.training.launch import launch_local
 
-    return launch_local(recipe, nproc=recipe.resources.num_workers)
+    return launch_local(recipe, nproc=recipe.resources.num_workers, tracker=RunLogger)
 
 
 def _evaluate(model_ref: str, data: Path, recipe: Recipe, out: Path, name: str, run_id: str | None):
     from vlalign.evaluation.runner import evaluate
 
-    return evaluate(
+    card = evaluate(
         model_ref,
         str(data),
         recipe,
         out_dir=out / "eval" / name,
         num_workers=1,
         name=name,
-        tracking=run_id,
         progress=True,
     )
+    if run_id:
+        from vlalign.tracking.scorecard_log import log_scorecard
+        from vlalign.tracking.store import resolve_store
+
+        log_scorecard(card, run_id, name, tracking_uri=resolve_store(recipe.tracking.uri).uri)
+    return card
 
 
 def run_demo(

@@ -68,12 +68,13 @@ def finish_run(recipe: Recipe, result: TrainResult, evaluate_export: bool = True
 def publish_export(recipe: Recipe, run_id: str, export_dir: Path | None, scorecard):
     """Resume the run `run_id`, log the scorecard and the model, register it (and auto-promote as
     the recipe asks); the run ends FAILED if this raises. Returns tracking's PublishResult."""
+    from vlalign.tracking.publish import publish_run
     from vlalign.tracking.run_logger import RunLogger
 
     logger = RunLogger(recipe)
     logger.start(resume_run_id=run_id)
     try:
-        pub = logger.log_export(export_dir, scorecard)
+        pub = publish_run(logger, recipe, export_dir, scorecard)
     except BaseException as e:
         logger.fail(e)
         raise

@@ -28,6 +28,7 @@ from tracking_support import (
 )
 
 from vlalign.tracking.promotion import promote
+from vlalign.tracking.publish import publish_run
 from vlalign.tracking.registry import CHAMPION, aliases
 from vlalign.tracking.run_logger import RunLogger
 from vlalign.tracking.store import embedded_store
@@ -62,7 +63,8 @@ def project(tmp_path_factory, model_cache):
         with logger.run():
             logger.log_dataset(proj / "shards")
             logger.log_metrics({"loss": 1.0}, step=1)
-            logger.log_export(export.dir, scorecard=scorecard(harmful=harmful, benign=benign))
+            card = scorecard(harmful=harmful, benign=benign)
+            publish_run(logger, recipe, export.dir, scorecard=card)
     return proj
 
 

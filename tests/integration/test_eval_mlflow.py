@@ -14,9 +14,11 @@ import pytest
 from eval_support import make_adapter_export, small_recipe, synth_eval
 
 from vlalign.errors import VlalignError
-from vlalign.evaluation import evaluate, log_scorecard, read_scorecard
+from vlalign.evaluation import evaluate, read_scorecard
+from vlalign.tracking.model_fetch import MlflowFetch
 from vlalign.tracking.registry import register_version
 from vlalign.tracking.run_logger import RunLogger
+from vlalign.tracking.scorecard_log import log_scorecard
 
 pytestmark = pytest.mark.slow
 NAME = "eval-policy"
@@ -43,11 +45,13 @@ def logged(tmp_path_factory, model_cache):
 
 def test_registered_alias_and_run_id_evaluate_like_the_local_export(tmp_path, logged):
     recipe, data, export, run_id = logged
+    fetch = MlflowFetch(recipe.tracking.uri)
     local = evaluate(str(export), str(data), recipe, tmp_path / "local")
     by_alias = evaluate(
-        f"models:/{NAME}@candidate", str(data), recipe, tmp_path / "alias", tracking=run_id
+        f"models:/{NAME}@candidate", str(data), recipe, tmp_path / "alias", fetch=fetch
     )
-    by_run = evaluate(run_id, str(data), recipe, tmp_path / "run")
+    log_scorecard(by_alias, run_id, "safety", tracking_uri=recipe.tracking.uri)
+    by_run = evaluate(run_id, str(data), recipe, tmp_path / "run", fetch=fetch)
     strip = lambda card: {k: v for k, v in card.to_dict().items() if k != "model"}  # noqa: E731
     assert strip(by_alias) == strip(local) == strip(by_run)
     assert (
@@ -87,24 +91,29 @@ def test_log_scorecard_accepts_the_json_dict(tmp_path, logged):
 
 def test_unknown_registered_model_is_a_clear_error(tmp_path, logged):
     recipe, data, _, _ = logged
+    fetch = MlflowFetch(recipe.tracking.uri)
     with pytest.raises(VlalignError, match=r"models:/nope@champion: not found in MLflow"):
-        evaluate("models:/nope@champion", str(data), recipe, tmp_path / "x")
+        evaluate("models:/nope@champion", str(data), recipe, tmp_path / "x", fetch=fetch)
     with pytest.raises(VlalignError, match="not found in MLflow"):
-        evaluate("0" * 32, str(data), recipe, tmp_path / "y")
+        evaluate("0" * 32, str(data), recipe, tmp_path / "y", fetch=fetch)
+    # without a fetch (evaluation alone never imports MLflow) the reference is refused, named
+    with pytest.raises(VlalignError, match=r"models:/nope@champion: an MLflow model"):
+        evaluate("models:/nope@champion", str(data), recipe, tmp_path / "z")
 
 
 def test_worker_downloads_again_when_the_driver_copy_is_not_there(tmp_path, logged):
     """A Ray worker on another node does not see the driver's download: it fetches its own."""
     import shutil
 
-    from vlalign.evaluation.generation import GenerationSettings
     from vlalign.evaluation.model_ref import resolve_model_ref
     from vlalign.evaluation.worker import EvalJob, _local_spec
+    from vlalign.models.generation import GenerationSettings
 
     recipe, data, _, _ = logged
     ref = f"models:/{NAME}@candidate"
-    spec = resolve_model_ref(ref, recipe, recipe.tracking.uri, tmp_path / "driver")
-    job = EvalJob(spec, str(data), "eval", GenerationSettings(), tracking_uri=recipe.tracking.uri)
+    fetch = MlflowFetch(recipe.tracking.uri)
+    spec = resolve_model_ref(ref, recipe, fetch, tmp_path / "driver")
+    job = EvalJob(spec, str(data), "eval", GenerationSettings(), fetch=fetch)
     assert _local_spec(job) is spec  # files present: used as they are
     shutil.rmtree(tmp_path / "driver")
     local = _local_spec(job)

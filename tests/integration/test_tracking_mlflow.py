@@ -27,6 +27,7 @@ from tracking_support import (
 
 from vlalign.config import Recipe
 from vlalign.tracking.promotion import HISTORY_TAG, PromotionRefused, promote, rollback
+from vlalign.tracking.publish import publish_run
 from vlalign.tracking.pyfunc_model import LoadedPolicy, decode_image, generate
 from vlalign.tracking.registry import (
     CANDIDATE,
@@ -81,7 +82,7 @@ def _run(recipe: Recipe, export_dir, card: dict, shards_dir=None, steps: int = 3
             logger.log_dataset(shards_dir)
         for step in range(1, steps + 1):
             logger.log_metrics({"loss": 1.0 / step, "lr": 1e-3}, step=step)
-        result = logger.log_export(export_dir, scorecard=card)
+        result = publish_run(logger, recipe, export_dir, scorecard=card)
     return run_id, result
 
 
@@ -251,7 +252,7 @@ def test_disabled_logger_on_other_ranks_logs_nothing(model_cache, tmp_path, monk
     logger = RunLogger(recipe, rank=1)
     with logger.run() as run_id:
         logger.log_metrics({"loss": 1.0}, step=1)
-        assert logger.log_export(tmp_path).version is None
+        assert publish_run(logger, recipe, tmp_path).version is None
     assert run_id is None
     assert not (tmp_path / "mlruns").exists()
 

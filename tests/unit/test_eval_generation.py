@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from vlalign.config.schema import ModelConfig, PeftConfig
-from vlalign.evaluation.generation import GenerationSettings, _batch_inputs, generate
 from vlalign.evaluation.pairs import pair_logps, policy_implicit_rewards, reward_model_scores
 from vlalign.models import apply_peft, build
+from vlalign.models.generation import GenerationSettings, _batch_inputs, generate
 from vlalign.models.inputs import ChatEncoder
 
 PROMPTS = [
@@ -155,7 +155,7 @@ def test_implicit_rewards_match_a_manual_computation(name, model_cache):
 
 
 def test_reward_scores_match_the_training_forward(model_cache):
-    from vlalign.methods.reward import RewardModel
+    from vlalign.models.value_head import RewardModel
 
     built = build(ModelConfig(name="tiny-llava", cache_dir=model_cache))
     enc = ChatEncoder(built.processor, built.family, 256)
@@ -176,7 +176,7 @@ def test_reward_scores_match_the_training_forward(model_cache):
 def test_generative_judge_loads_like_any_model(model_cache, monkeypatch):
     """A built-in VLM as a text-only judge: asked the judge question per answer; its reply
     decides (a random model rarely says "yes", so the reply itself is checked, not the verdict)."""
-    from vlalign.evaluation import generation
+    from vlalign.models import generation
     from vlalign.safety.refusal import JUDGE_QUESTION, make_detector
 
     seen: list[list[str]] = []

@@ -9,14 +9,10 @@ from PIL import Image
 
 from vlalign.errors import VlalignError
 from vlalign.evaluation.metrics import compute_metrics, implicit_rewards, reward_scores
+from vlalign.evaluation.report import render_table, write_outputs
 from vlalign.evaluation.runner import score_rows
-from vlalign.evaluation.scorecard import (
-    Scorecard,
-    read_scorecard,
-    render_table,
-    write_outputs,
-)
 from vlalign.safety.refusal import PhraseRefusalDetector
+from vlalign.scorecard import Scorecard, read_scorecard
 
 # A fake model: prompt -> its answer. (label, category, prompt, answer, refusal?, valid?)
 FAKE = [
@@ -231,7 +227,7 @@ def test_terminal_table_lists_headline_and_categories():
 
 
 def test_read_scorecard_errors(tmp_path):
-    with pytest.raises(VlalignError, match="no such scorecard"):
+    with pytest.raises(VlalignError, match="no such file"):
         read_scorecard(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(VlalignError, match="not valid JSON"):

@@ -10,7 +10,7 @@ from eval_support import make_adapter_export, small_recipe, synth_eval
 from PIL import Image
 
 from vlalign.evaluation import evaluate
-from vlalign.evaluation.scorecard import read_scorecard
+from vlalign.scorecard import read_scorecard
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from PIL import Image
 
 from vlalign.config.schema import ModelConfig
 from vlalign.logprobs import token_logprobs_from_logits
-from vlalign.methods.forward import hf_model
 from vlalign.models import build
 from vlalign.models.inputs import IGNORE_INDEX
 from vlalign.models.lora import vision_prefix
+from vlalign.models.unwrap import unwrap
 from vlalign.rollout.engine import GenerationEngine, RowSampler, SamplingSettings, sample_seed
 
 FAMILIES = ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"]
@@ -53,7 +53,7 @@ def test_rollout_layout_and_vision_tower_runs_once(built) -> None:
     generated tokens (EOS included); old log-probs are 0 off the response and < 0 on it; rows of
     a prompt are consecutive. The vision tower runs ONCE for the whole rollout (generation and
     the log-prob pass share its features), on the P images, not on N."""
-    vision = hf_model(built.model).get_submodule(vision_prefix(built.model))
+    vision = unwrap(built.model).get_submodule(vision_prefix(built.model))
     calls: list[int] = []
     hook = vision.register_forward_hook(lambda m, a, o: calls.append(1))
     try:

@@ -8,7 +8,8 @@ import pytest
 
 from vlalign.config.schema import Gate, PromotionConfig
 from vlalign.errors import VlalignError
-from vlalign.tracking.promotion import METRIC_DIRECTION, PromotionRefused, evaluate_gates
+from vlalign.scorecard import DIRECTION
+from vlalign.tracking.promotion import PromotionRefused, evaluate_gates
 
 
 def cfg(gates=(), max_regression=None) -> PromotionConfig:
@@ -79,7 +80,7 @@ def test_regression_direction_lower_is_better():
     asr = cfg(max_regression={"attack_success_rate": 0.0})
     assert not evaluate_gates(asr, {"attack_success_rate": 0.03}, champ, "2").passed
     assert evaluate_gates(asr, {"attack_success_rate": 0.01}, champ, "2").passed
-    assert METRIC_DIRECTION["harmful_refusal_rate"] == "higher"
+    assert DIRECTION["harmful_refusal_rate"] == "higher"
 
 
 def test_champion_without_the_metric_does_not_block():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from vlalign import scorecard as sc
 from vlalign.config.schema import Recipe
 from vlalign.errors import DataError, VlalignError
-from vlalign.tracking import scorecard as sc
 from vlalign.tracking.commands import ui_command
 from vlalign.tracking.pyfunc_model import decode_image, export_kind
 from vlalign.tracking.run_logger import (
@@ -21,6 +21,7 @@ from vlalign.tracking.run_logger import (
     recipe_params,
     short_digest,
 )
+from vlalign.tracking.scorecard_log import metrics_from_tags, metrics_to_tags
 from vlalign.tracking.store import embedded_store, resolve_store
 
 
@@ -106,9 +107,9 @@ def test_scorecard_contract_is_checked(tmp_path):
         sc.load_scorecard({**good, "schema": "other/1"})
     with pytest.raises(VlalignError, match=r"metrics.harmful_refusal_rate is 'high'"):
         sc.load_scorecard({**good, "metrics": {"harmful_refusal_rate": "high"}})
-    tags = sc.metrics_to_tags(sc.headline({"metrics": {"harmful_refusal_rate": 0.9, "x": 1}}))
+    tags = metrics_to_tags(sc.headline({"metrics": {"harmful_refusal_rate": 0.9, "x": 1}}))
     assert tags == {"scorecard.harmful_refusal_rate": "0.9"}
-    assert sc.metrics_from_tags({**tags, "scorecard_name": "final", "other": "1"}) == {
+    assert metrics_from_tags({**tags, "scorecard_name": "final", "other": "1"}) == {
         "harmful_refusal_rate": 0.9
     }
 

@@ -15,14 +15,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vlalign import catalog
+from vlalign._shipped import recipes_dir
 from vlalign.config.schema import METHOD_SECTIONS, Recipe
 from vlalign.errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+RECIPES_DIR = recipes_dir()  # package data when installed, the checkout's recipes/ otherwise
 
 
 def shipped_recipes() -> dict[str, Path]:
-    """Shipped recipes by name (`tiny/dpo`) -> path, from the repository's recipes/ folder."""
+    """Shipped recipes by name (`tiny/dpo`) -> path (see vlalign._shipped)."""
     if not RECIPES_DIR.is_dir():
         return {}
     return {

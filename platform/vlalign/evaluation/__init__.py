@@ -1,7 +1,7 @@
 """Safety evaluation: generation, refusal detection, validity, metrics, scorecard, Ray split.
 
-`evaluate(model_ref, data, recipe, out_dir, num_workers, tracking)` is the entry point;
-`log_scorecard(scorecard, run_id, name)` logs a scorecard to an MLflow run.
+`evaluate(model_ref, data, recipe, out_dir, num_workers)` is the entry point. The scorecard's
+schema is `vlalign.scorecard`; logging it to MLflow is `vlalign.tracking.scorecard_log`.
 
 Names are imported lazily so that `vlalign --help` does not pay for torch/transformers.
 """
@@ -14,10 +14,9 @@ _EXPORTS = {
     "JudgeRefusalDetector": "vlalign.safety.refusal",
     "PhraseRefusalDetector": "vlalign.safety.refusal",
     "RefusalDetector": "vlalign.safety.refusal",
-    "Scorecard": "vlalign.evaluation.scorecard",
+    "Scorecard": "vlalign.scorecard",
     "evaluate": "vlalign.evaluation.runner",
-    "log_scorecard": "vlalign.evaluation.mlflow_log",
-    "read_scorecard": "vlalign.evaluation.scorecard",
+    "read_scorecard": "vlalign.scorecard",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,8 +11,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlalign.config.loading import load_recipe
     from vlalign.config.schema import Recipe
     from vlalign.errors import VlalignError
+    from vlalign.evaluation.report import HTML_NAME, PNG_NAME, print_table
     from vlalign.evaluation.runner import evaluate
-    from vlalign.evaluation.scorecard import HTML_NAME, JSON_NAME, PNG_NAME, print_table
+    from vlalign.scorecard import JSON_NAME
+    from vlalign.tracking.model_fetch import MlflowFetch
+    from vlalign.tracking.store import resolve_store
 
     if args.overrides and not args.recipe:
         raise VlalignError("KEY=VALUE overrides need --recipe")
@@ -25,6 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise VlalignError(f"{flag} must be >= 1, got {v}")
     recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe()
     out = args.out or f"eval/{args.name}"
+    uri = resolve_store(args.tracking_uri or recipe.tracking.uri).uri
     t0 = time.perf_counter()
     card = evaluate(
         args.model,
@@ -32,13 +36,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         recipe,
         out,
         args.workers,
-        args.run,
         name=args.name,
         max_samples=args.max_samples,
         batch_size=args.batch_size,
-        tracking_uri=args.tracking_uri,
+        fetch=MlflowFetch(uri),
         progress=True,
     )
+    if args.run:
+        from vlalign.tracking.scorecard_log import log_scorecard
+
+        log_scorecard(card, args.run, args.name, tracking_uri=uri)
     print_table(card)
     print(
         f"wrote {out}/{JSON_NAME}, {out}/{PNG_NAME}, {out}/{HTML_NAME} "

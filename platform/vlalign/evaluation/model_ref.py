@@ -3,8 +3,9 @@
 References (`resolve_model_ref`):
 - `builtin:NAME`: a built-in tiny model (tiny-llava, ...), with the recipe's model settings
   (seed, size, cache_dir) — a base-model evaluation;
-- `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`: downloaded with
-  `mlflow.artifacts.download_artifacts` into a temporary folder, then loaded as a PATH;
+- `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/PATH`: downloaded by the `fetch`
+  the caller passes (the tracking layer's `MlflowFetch`: evaluation never imports MLflow) into a
+  temporary folder, then loaded as a PATH;
 - a RUN id (32 hex digits): the model logged by that run (MLflow logged models whose
   source_run_id is the run), else the run's artifacts;
 - a PATH: a directory holding one exported model: a PEFT adapter (adapter_config.json) or a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ RECIPE_FILE = "recipe.yaml"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _BUILTIN_KEY = re.compile(r"^(tiny-[a-z0-9-]+?)-(nano|small)-px(\d+)-seed(\d+)-v\d+$")
 _MAX_DEPTH = 4
+# Downloads an MLflow model reference (models:/..., runs:/..., a run id) into a folder and
+# returns the local directory. Given by the tracking layer; picklable for Ray workers.
+Fetch = Callable[[str, Path], Path]
 
 
 @dataclass
@@ -63,7 +68,7 @@ class LoadedModel:
 
     has_adapter: a PEFT model (its reference = the same model, adapter disabled);
     reference_model: a separate reference (full fine-tunes with a recorded base);
-    reward_model: a `vlalign.methods.reward.RewardModel` (input_ids [N, T] -> rewards [N]).
+    reward_model: a `vlalign.models.value_head.RewardModel` (input_ids [N, T] -> rewards [N]).
     """
 
     model: object
@@ -202,51 +207,22 @@ def spec_from_path(ref: str, path: Path, recipe: Recipe | None) -> ModelSpec:
     )
 
 
-def _download(ref: str, tracking_uri: str | None, dst: Path) -> Path:
-    import mlflow
-
-    try:
-        if ref.startswith(("models:/", "runs:/")):
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=ref,
-                    dst_path=str(dst),
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
-            )
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        run = client.get_run(ref)
-        models = client.search_logged_models(
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{ref}'",
-        )
-        if models:
-            uri = f"models:/{models[0].model_id}"
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(dst),
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
-            )
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=ref, artifact_path="", dst_path=str(dst), tracking_uri=tracking_uri
-            )
-        )
-    except mlflow.exceptions.MlflowException as e:
-        raise VlalignError(f"--model {ref}: not found in MLflow ({tracking_uri}): {e}") from None
+def is_mlflow_ref(ref: str) -> bool:
+    """True for `models:/...`, `runs:/...` or a bare run id: a model only MLflow can fetch."""
+    return ref.startswith(("models:/", "runs:/")) or bool(_RUN_ID.match(ref))
 
 
 def resolve_model_ref(
     ref: str,
     recipe: Recipe | None = None,
-    tracking_uri: str | None = None,
+    fetch: Fetch | None = None,
     download_dir: str | Path | None = None,
 ) -> ModelSpec:
-    """Turn `--model` into a ModelSpec (downloading MLflow models into download_dir or a temp dir)."""
+    """Turn `--model` into a ModelSpec (MLflow models are fetched into download_dir or a temp dir).
+
+    fetch: how MLflow references are downloaded (the tracking layer's
+    `vlalign.tracking.model_fetch.MlflowFetch(uri)`); None refuses them.
+    """
     if not ref:
         raise VlalignError(
             "--model is required (PATH, models:/NAME@ALIAS, runs:/..., RUN id, builtin:NAME)"
@@ -266,14 +242,19 @@ def resolve_model_ref(
         if not path.is_dir():
             raise VlalignError(f"--model {ref}: a model is a directory, this is a file")
         return spec_from_path(ref, path.resolve(), recipe)
-    if ref.startswith(("models:/", "runs:/")) or _RUN_ID.match(ref):
+    if is_mlflow_ref(ref):
+        if fetch is None:
+            raise VlalignError(
+                f"--model {ref}: an MLflow model, and no MLflow store to fetch it from "
+                "(pass fetch=vlalign.tracking.model_fetch.MlflowFetch(tracking_uri))"
+            )
         dst = (
             Path(download_dir)
             if download_dir
             else Path(tempfile.mkdtemp(prefix="vlalign-eval-model-"))
         )
         dst.mkdir(parents=True, exist_ok=True)
-        local = _download(ref, tracking_uri, dst)
+        local = fetch(ref, dst)
         return spec_from_path(ref, local, recipe)
     raise VlalignError(
         f"--model {ref}: no such directory, and not models:/NAME@ALIAS, runs:/RUN_ID/PATH, "
@@ -315,7 +296,7 @@ def _reward_model(policy, head_file: str, device: str):
     """RewardModel(policy) with the exported value head loaded (strict: names must match)."""
     from safetensors.torch import load_file
 
-    from vlalign.methods.reward import RewardModel
+    from vlalign.models.value_head import RewardModel
 
     rm = RewardModel(policy)
     try:

@@ -1,8 +1,9 @@
-"""`evaluate()`: model reference + eval shards -> scorecard (JSON, PNG, HTML), logged to MLflow.
+"""`evaluate()`: model reference + eval shards -> scorecard (JSON, PNG, HTML).
 
 Steps: check the data (exists, eval records, not empty) and resolve the model reference; answer
 every prompt (one process, or split across Ray workers); detect refusals and check validity on
-the merged answers; compute metrics; write the outputs; log them to an MLflow run when given.
+the merged answers; compute metrics; write the outputs. Logging the scorecard to an MLflow run
+is the tracking layer's (`vlalign.tracking.scorecard_log.log_scorecard`): no MLflow here.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 
 from vlalign.config.schema import Recipe
 from vlalign.errors import DataError, VlalignError
-from vlalign.evaluation.generation import GenerationSettings
 from vlalign.evaluation.metrics import EvalRow, compute_metrics
-from vlalign.evaluation.model_ref import ModelSpec, resolve_model_ref
-from vlalign.evaluation.scorecard import Scorecard, write_outputs
+from vlalign.evaluation.model_ref import Fetch, ModelSpec, resolve_model_ref
+from vlalign.evaluation.report import write_outputs
 from vlalign.evaluation.worker import EvalJob, evaluate_slice, iter_eval_samples
+from vlalign.models.generation import GenerationSettings
 from vlalign.safety.refusal import RefusalDetector, make_detector
 from vlalign.safety.validity import Validity, text_validity
+from vlalign.scorecard import Scorecard
 
 N_SAMPLES = 8  # rows kept in the scorecard's "samples"
 
@@ -84,22 +86,20 @@ def evaluate(
     recipe: Recipe | None = None,
     out_dir: str | Path = "eval",
     num_workers: int | None = None,
-    tracking: str | None = None,
     *,
     name: str = "safety",
     max_samples: int | None = None,
     batch_size: int | None = None,
     detector: RefusalDetector | None = None,
-    tracking_uri: str | None = None,
+    fetch: Fetch | None = None,
     progress: bool = False,
 ) -> Scorecard:
     """Evaluate `model_ref` on the eval shards `data`; write outputs to `out_dir`; return the card.
 
     recipe: decoding (eval.*), max_length (data.max_length), the model section for built-ins and
     adapters without a recorded base; default Recipe(). num_workers: Ray workers (default
-    recipe.eval.num_workers; 1 runs in this process). tracking: an MLflow run id to log the
-    scorecard to (under eval/<name>/). tracking_uri: default recipe.tracking.uri or the
-    embedded store ./mlruns/mlflow.db (vlalign.tracking.store.resolve_store).
+    recipe.eval.num_workers; 1 runs in this process). fetch: how an MLflow model reference
+    is downloaded (`vlalign.tracking.model_fetch.MlflowFetch`); None refuses such references.
     """
     recipe = recipe or Recipe()
     ev = recipe.eval
@@ -113,9 +113,6 @@ def evaluate(
     num_workers = num_workers or ev.num_workers
     if num_workers < 1:
         raise VlalignError(f"--workers must be >= 1, got {num_workers}")
-    from vlalign.tracking.store import resolve_store
-
-    uri = resolve_store(tracking_uri or recipe.tracking.uri).uri
     out_dir = Path(out_dir)
 
     digest, n_prompts = check_data(data, split, max_samples)
@@ -126,7 +123,7 @@ def evaluate(
     settings = GenerationSettings.from_eval_config(ev, batch_size)
     # an MLflow model is downloaded for the duration of the evaluation only
     with tempfile.TemporaryDirectory(prefix="vlalign-eval-model-") as download:
-        spec = resolve_model_ref(model_ref, recipe, uri, download_dir=download)
+        spec = resolve_model_ref(model_ref, recipe, fetch, download_dir=download)
         detector = detector or make_detector(  # a bad judge fails before any generation
             ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir
         )
@@ -139,7 +136,7 @@ def evaluate(
             max_length=recipe.data.max_length,
             max_samples=max_samples,
             logprob_chunk=recipe.method.logprob_chunk,
-            tracking_uri=uri,
+            fetch=fetch,
         )
         parts = _answer(job, num_workers, recipe, n_prompts, progress)
     from vlalign.evaluation.distributed import merge_rows
@@ -188,10 +185,6 @@ def evaluate(
     (out_dir / "rows.jsonl").write_text(
         "".join(json.dumps(_row_json(r)) + "\n" for r in rows), encoding="utf-8"
     )
-    if tracking:
-        from vlalign.evaluation.mlflow_log import log_scorecard
-
-        log_scorecard(card, tracking, name, tracking_uri=uri)
     return card
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vlalign.errors import DataError
-from vlalign.evaluation.generation import GenerationSettings, generate
 from vlalign.evaluation.metrics import LABELS
-from vlalign.evaluation.model_ref import ModelSpec, load_model
+from vlalign.evaluation.model_ref import Fetch, ModelSpec, load_model
 from vlalign.evaluation.pairs import has_pair, pair_kind_of, score_pairs
+from vlalign.models.generation import GenerationSettings, generate
 
 
 @dataclass
@@ -30,7 +30,7 @@ class EvalJob:
     max_samples: int | None = None
     logprob_chunk: int = 1024
     device: str | None = None
-    tracking_uri: str | None = None
+    fetch: Fetch | None = None  # downloads MLflow models again on a node without the files
 
 
 def check_eval_sample(sample: dict, data: str) -> None:
@@ -72,13 +72,13 @@ def _local_spec(job: EvalJob) -> ModelSpec:
     from pathlib import Path
 
     from vlalign.errors import VlalignError
-    from vlalign.evaluation.model_ref import resolve_model_ref
+    from vlalign.evaluation.model_ref import is_mlflow_ref, resolve_model_ref
 
     spec = job.spec
     if spec.path is None or Path(spec.path).exists():
         return spec
-    if spec.ref.startswith(("models:/", "runs:/")) or len(spec.ref) == 32:
-        again = resolve_model_ref(spec.ref, None, job.tracking_uri)
+    if is_mlflow_ref(spec.ref):
+        again = resolve_model_ref(spec.ref, None, job.fetch)
         if spec.kind == "adapter":  # keep the base the driver resolved (recipe, cache dir)
             again.base = spec.base
         else:  # the model itself now lives in the new download

@@ -18,15 +18,15 @@ from vlalign.config.schema import DpoMethod
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss, reward_metrics
 from vlalign.methods.base import OfflineMethod, Run, StepOutput, frozen_copy, mean_sums
-from vlalign.methods.forward import (
+from vlalign.methods.forward import pair_forward
+from vlalign.methods.reference_cache import load_or_compute
+from vlalign.models.pair_inputs import (
     PairOptions,
     encode_images,
     image_inputs,
-    pair_forward,
     vision_is_trainable,
 )
-from vlalign.methods.reference_cache import load_or_compute
-from vlalign.models.unwrap import unwrap_peft
+from vlalign.models.unwrap import unwrap
 
 
 class Dpo(OfflineMethod):
@@ -57,7 +57,7 @@ class Dpo(OfflineMethod):
             )
             self.ref_cache = load_or_compute(run, self.cfg.reference_cache_dir, opts)
         elif self.reference == "adapter_disabled" and not hasattr(
-            unwrap_peft(run.model), "disable_adapter"
+            unwrap(run.model, peft=False), "disable_adapter"
         ):
             raise VlalignError(
                 "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy or precomputed)"
@@ -96,7 +96,7 @@ class Dpo(OfflineMethod):
         if self.reference == "frozen_copy":
             ctx, model = contextlib.nullcontext(), self.frozen_ref
         else:
-            ctx, model = unwrap_peft(self.model).disable_adapter(), self.model
+            ctx, model = unwrap(self.model, peft=False).disable_adapter(), self.model
         feats = features
         was_training = model.training
         model.eval()

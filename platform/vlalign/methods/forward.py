@@ -10,8 +10,6 @@ Three optimizations live here, each switchable so `bench/dpo_step.py` shows what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,56 +17,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.logprobs import SequenceLogprobs, sequence_logprobs
 from vlalign.models.inputs import IGNORE_INDEX
-from vlalign.models.unwrap import hf_model
-
-# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values).
-IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
-# The keys the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
-PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
-
-
-def image_inputs(batch: dict) -> dict[str, Tensor]:
-    """The image tensors of a batch (pixel_values and friends), once per sample or pair."""
-    return {k: batch[k] for k in IMAGE_KEYS if k in batch and batch[k] is not None}
-
-
-def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
-    """Each image tensor repeated n times along its per-image dim 0 (naive pair path)."""
-    return {k: torch.cat([v] * n, dim=0) for k, v in images.items()}
-
-
-def encode_images(model: torch.nn.Module, images: dict[str, Tensor]) -> BaseModelOutputWithPooling:
-    """Run the vision tower + projector once. pooler_output: per-image features."""
-    base = hf_model(model)
-    kwargs = {
-        k: v
-        for k, v in images.items()
-        if k in ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
-    }
-    return base.get_image_features(**kwargs, return_dict=True)
-
-
-def repeat_features(feats: BaseModelOutputWithPooling, n: int) -> BaseModelOutputWithPooling:
-    """Features of B images -> features for n*B sequences (image i serves rows i, B+i, ...)."""
-    po = feats.pooler_output
-    if isinstance(po, (list, tuple)):
-        po = tuple(po) * n
-    else:
-        po = torch.cat([po] * n, dim=0)
-    return BaseModelOutputWithPooling(pooler_output=po)
-
-
-def vision_is_trainable(model: torch.nn.Module) -> bool:
-    """True when any vision-tower or projector parameter trains (features then need grad)."""
-    from vlalign.models.lora import projector_prefix, vision_prefix
-
-    base = hf_model(model)
-    prefixes = [p for p in (vision_prefix(base), projector_prefix(base)) if p]
-    return any(
-        p.requires_grad
-        for name, p in base.named_parameters()
-        if any(name.startswith(x + ".") for x in prefixes)
-    )
+from vlalign.models.pair_inputs import (
+    PIXEL_KEYS,
+    PairOptions,
+    encode_images,
+    image_inputs,
+    repeat_features,
+    repeat_images,
+)
 
 
 def _first_scored(labels: Tensor) -> int:
@@ -142,17 +98,6 @@ def stacked_pair_inputs(
     else:
         extra.update(repeat_images(images, 2))
     return seq, extra
-
-
-@dataclass
-class PairOptions:
-    """Switches of the pair forward (all on by default; the bench turns each off)."""
-
-    concatenate: bool = True  # chosen + rejected in one [2B, T] forward
-    share_vision: bool = True  # vision tower once per pair
-    chunk_size: int = 1024  # tokens per log-prob chunk
-    keep_only_response: bool = True  # logits only for response positions
-    pack_prefix: bool = False  # one row [prompt, chosen, rejected] per pair (methods/packing.py)
 
 
 def pair_forward(

@@ -40,8 +40,8 @@ from vlalign.losses.policy import (
     overlong_penalty,
 )
 from vlalign.methods.base import Run, StepOutput, frozen_copy
-from vlalign.methods.forward import encode_images, image_inputs, vision_is_trainable
-from vlalign.models.unwrap import unwrap_engine, unwrap_peft
+from vlalign.models.pair_inputs import encode_images, image_inputs, vision_is_trainable
+from vlalign.models.unwrap import unwrap
 from vlalign.rollout.engine import (
     GenerationEngine,
     Rollout,
@@ -106,7 +106,7 @@ class Grpo:
         elif (
             c.reference == "adapter_disabled"
             and (c.kl_coef > 0 or c.kl_in_reward)
-            and not hasattr(unwrap_peft(run.model), "disable_adapter")
+            and not hasattr(unwrap(run.model, peft=False), "disable_adapter")
         ):
             raise VlalignError("method.reference: adapter_disabled needs peft.mode lora")
         settings = SamplingSettings(
@@ -130,7 +130,7 @@ class Grpo:
 
     def setup(self, engine: nn.Module) -> None:
         self.model = engine
-        self.generator.model = unwrap_engine(engine)  # generate with the trained weights
+        self.generator.model = unwrap(engine, peft=False)  # generate with the trained weights
 
     def units(self, batch: dict) -> float:
         piece: _Piece = batch["piece"]
@@ -302,7 +302,7 @@ class Grpo:
         if self.frozen_ref is not None:
             ctx, model = contextlib.nullcontext(), self.frozen_ref
         else:
-            ctx, model = unwrap_peft(self.model).disable_adapter(), self.model
+            ctx, model = unwrap(self.model, peft=False).disable_adapter(), self.model
         was_training = model.training
         model.eval()
         with ctx:

@@ -24,15 +24,14 @@ from vlalign.config.schema import KtoMethod
 from vlalign.errors import VlalignError
 from vlalign.losses import LossSpec, resolve_loss
 from vlalign.methods.base import OfflineMethod, Run, StepOutput, frozen_copy, mean_sums
-from vlalign.methods.forward import (
+from vlalign.methods.forward import pair_forward, sequence_forward
+from vlalign.models.pair_inputs import (
     PairOptions,
     encode_images,
     image_inputs,
-    pair_forward,
-    sequence_forward,
     vision_is_trainable,
 )
-from vlalign.models.unwrap import unwrap_peft
+from vlalign.models.unwrap import unwrap
 
 
 def _mismatched_extra(batch: dict, features: BaseModelOutputWithPooling | None) -> dict:
@@ -66,7 +65,7 @@ class Kto(OfflineMethod):
         self.pad_id = run.pad_id
         if self.cfg.reference == "frozen_copy":
             self.frozen_ref = frozen_copy(run.model)
-        elif not hasattr(unwrap_peft(run.model), "disable_adapter"):
+        elif not hasattr(unwrap(run.model, peft=False), "disable_adapter"):
             raise VlalignError(
                 "method.reference: adapter_disabled needs peft.mode lora (use frozen_copy)"
             )
@@ -100,7 +99,7 @@ class Kto(OfflineMethod):
         if self.frozen_ref is not None:
             ctx, model = contextlib.nullcontext(), self.frozen_ref
         else:
-            ctx, model = unwrap_peft(self.model).disable_adapter(), self.model
+            ctx, model = unwrap(self.model, peft=False).disable_adapter(), self.model
         was_training = model.training
         model.eval()
         with torch.no_grad(), ctx:

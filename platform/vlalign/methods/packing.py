@@ -32,14 +32,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.errors import VlalignError
 from vlalign.logprobs import SequenceLogprobs, token_logprobs_from_logits
-from vlalign.methods.forward import (
-    PIXEL_KEYS,
-    PairOptions,
-    encode_images,
-    hf_model,
-    image_inputs,
-)
 from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.pair_inputs import PIXEL_KEYS, PairOptions, encode_images, image_inputs
+from vlalign.models.unwrap import unwrap
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 CHOSEN, REJECTED = 1, 2
@@ -100,7 +95,7 @@ def shared_prefix_lens(batch: dict) -> Tensor:
 def _side_positions(model: torch.nn.Module, batch: dict, side: str) -> Tensor:
     """Position ids [B, T] (1-D RoPE) or [3, B, T] (M-RoPE) of one side's unshared sequences."""
     ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
-    base = hf_model(model)
+    base = unwrap(model)
     inner = getattr(base, "model", None)
     if hasattr(inner, "get_rope_index"):
         mm = batch.get(f"{side}_mm_token_type_ids")
@@ -164,8 +159,8 @@ def pack_pairs(model: torch.nn.Module, batch: dict, pad_id: int) -> PackedPairs:
 
 
 def _check_attention(model: torch.nn.Module) -> None:
-    impl = getattr(hf_model(model).config, "_attn_implementation", None)
-    text = hf_model(model).config.get_text_config()
+    impl = getattr(unwrap(model).config, "_attn_implementation", None)
+    text = unwrap(model).config.get_text_config()
     impl = getattr(text, "_attn_implementation", None) or impl
     if impl not in SUPPORTED_ATTENTION:
         raise VlalignError(
@@ -199,7 +194,7 @@ def packed_pair_forward(
         extra.update({k: v for k, v in images.items() if k in PIXEL_KEYS})
     if packed.mm_token_type_ids is not None:
         extra["mm_token_type_ids"] = packed.mm_token_type_ids
-    dtype = hf_model(model).get_input_embeddings().weight.dtype
+    dtype = unwrap(model).get_input_embeddings().weight.dtype
     if torch.is_autocast_enabled(packed.input_ids.device.type):
         dtype = torch.get_autocast_dtype(packed.input_ids.device.type)
     T = packed.input_ids.shape[1]

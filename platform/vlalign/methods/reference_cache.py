@@ -24,9 +24,10 @@ from vlalign.cache import cache_dir
 from vlalign.config.schema import BUILTIN_MODELS, Recipe
 from vlalign.errors import VlalignError
 from vlalign.methods.base import Run
-from vlalign.methods.forward import PairOptions, pair_forward
+from vlalign.methods.forward import pair_forward
 from vlalign.models.builder import BuiltModel, tiny_spec
 from vlalign.models.inputs import ChatEncoder
+from vlalign.models.pair_inputs import PairOptions
 
 
 def default_cache_dir() -> Path:

@@ -8,39 +8,10 @@ from torch import nn
 from vlalign.config.schema import RewardMethod
 from vlalign.losses import LossSpec, resolve_loss
 from vlalign.methods.base import OfflineMethod, Run, StepOutput, mean_sums
-from vlalign.methods.forward import encode_images, image_inputs, stacked_pair_inputs
-from vlalign.models.unwrap import hf_model, unwrap_engine
-
-
-class RewardModel(nn.Module):
-    """policy VLM (LoRA) + value head [H] -> 1 read at each sequence's last real token.
-
-    forward(input_ids [N, T], attention_mask [N, T], **image kwargs) -> rewards [N] float32.
-    """
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.policy = policy
-        hidden = hf_model(policy).config.get_text_config().hidden_size
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.value_head.bias)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra
-    ) -> torch.Tensor:
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=True,
-            logits_to_keep=1,
-            use_cache=False,
-            **extra,
-        )
-        hidden = out.hidden_states[-1]  # [N, T, H]
-        last = attention_mask.long().sum(dim=1) - 1  # right padding
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.value_head(h).squeeze(-1).float()
+from vlalign.methods.forward import stacked_pair_inputs
+from vlalign.models.pair_inputs import encode_images, image_inputs
+from vlalign.models.unwrap import unwrap
+from vlalign.models.value_head import RewardModel
 
 
 def score_pairs(
@@ -48,7 +19,7 @@ def score_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of chosen and rejected [B] each, in one [2B, T] forward, images encoded once."""
     images = image_inputs(batch)
-    rm = unwrap_engine(model)
+    rm = unwrap(model, peft=False)  # the RewardModel under a DeepSpeed engine
     features = encode_images(rm.policy, images) if images and share_vision else None
     seq, extra = stacked_pair_inputs(batch, pad_id, features)
     r = model(seq["input_ids"], seq["attention_mask"], **extra)
@@ -71,7 +42,7 @@ class Reward(OfflineMethod):
         """The policy under a scalar value head is what trains."""
         self.pad_id = run.pad_id
         head = RewardModel(run.model)
-        return head.to(hf_model(run.model).dtype)
+        return head.to(unwrap(run.model).dtype)
 
     def setup(self, engine: nn.Module) -> None:
         self.model = engine

@@ -8,8 +8,9 @@ from torch import nn
 from vlalign.config.schema import SftMethod
 from vlalign.losses import resolve_loss
 from vlalign.methods.base import OfflineMethod, Run, StepOutput
-from vlalign.methods.forward import image_inputs, sequence_forward
+from vlalign.methods.forward import sequence_forward
 from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.pair_inputs import image_inputs
 
 
 class Sft(OfflineMethod):

@@ -1,32 +1,23 @@
-"""One way to unwrap a model: the engine (DeepSpeed) and PEFT wrappers, peeled in order."""
+"""The one way to reach the model under its training wrappers (DeepSpeed, DDP, PEFT).
+
+`unwrap(model)` strips every wrapper down to the transformers model (what owns `config`,
+`get_image_features`, `named_parameters` with the family's own prefixes).
+`unwrap(model, peft=False)` strips only the engine wrappers (a DeepSpeed engine's or DDP's
+`.module`) and keeps a PeftModel or a reward model whole: what `disable_adapter()` or a
+reward head is called on.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 
-def unwrap_engine(model: nn.Module) -> nn.Module:
-    """The module under DeepSpeed / DDP wrappers (a PeftModel stays a PeftModel)."""
-    while (
-        hasattr(model, "module")
-        and isinstance(model.module, nn.Module)
-        and not hasattr(model, "get_base_model")
-    ):
-        model = model.module
-    return model
-
-
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """The PEFT model (or plain model) under the engine: what `disable_adapter()` is called on."""
-    return unwrap_engine(model)
-
-
-def hf_model(model: nn.Module) -> nn.Module:
-    """The transformers model under PEFT / DeepSpeed wrappers."""
+def unwrap(model: nn.Module, peft: bool = True) -> nn.Module:
+    """The model under DeepSpeed / DDP wrappers (`.module`) and, when `peft`, under PEFT too."""
     while True:
-        if hasattr(model, "get_base_model"):
+        if peft and hasattr(model, "get_base_model"):
             model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+        elif isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
         else:
             return model

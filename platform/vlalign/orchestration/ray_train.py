@@ -117,6 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from vlalign.tracking.run_logger import RunLogger
     from vlalign.training.context import TrainContext
     from vlalign.training.loop import run_training
 
@@ -129,6 +130,7 @@ def train_worker(config: dict[str, Any]) -> None:
         from vlalign.orchestration.ray_data import worker_batches as batches
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as restore:
         ctx = TrainContext(
+            tracker=RunLogger,
             batches=batches,
             rank=tctx.get_world_rank(),
             world_size=tctx.get_world_size(),

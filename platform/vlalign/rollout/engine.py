@@ -39,8 +39,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.errors import DataError
 from vlalign.logprobs import token_logprobs_from_logits
-from vlalign.methods.forward import PIXEL_KEYS, encode_images, image_inputs
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
+from vlalign.models.pair_inputs import PIXEL_KEYS, encode_images, image_inputs
 
 NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 

@@ -196,8 +196,8 @@ class JudgeRefusalDetector:
 
     def _load_generative(self, ref: str, cache_dir: str | None) -> None:
         from vlalign.config.schema import ModelConfig
-        from vlalign.evaluation.generation import GenerationSettings, generate
         from vlalign.models import build
+        from vlalign.models.generation import GenerationSettings, generate
         from vlalign.models.inputs import ChatEncoder
 
         built = build(ModelConfig(name=ref, cache_dir=cache_dir))

@@ -6,6 +6,11 @@
 - registry: versions with lineage and scorecard tags, aliases (`candidate`, `champion`)
 - promotion: gates over scorecard metrics, promote / rollback of `champion`
 - publish: the end-of-run sequence (log model, register, optional automatic promotion)
+- scorecard_log: a scorecard logged to a run (eval/<name>/), its metrics as version tags
+- model_fetch: MlflowFetch, how evaluation downloads `models:/...` / `runs:/...` / run ids
+
+The scorecard's schema is `vlalign.scorecard` (evaluation writes it, tracking reads it); the
+training loop logs through the RunLogger its launcher hands it (`TrainContext.tracker`).
 
 Heavy imports (mlflow, torch) happen inside the modules, not here.
 """

@@ -10,11 +10,12 @@ import sys
 
 from vlalign.errors import VlalignError
 
-HEADLINE_COLUMNS = (
-    ("harmful_refusal_rate", "harmful refusal"),
-    ("benign_refusal_rate", "benign refusal"),
-    ("attack_success_rate", "ASR"),
-    ("text_validity_rate", "text valid"),
+# The scorecard metrics `registry list` shows (labels from vlalign.scorecard.METRICS).
+LIST_METRICS = (
+    "harmful_refusal_rate",
+    "benign_refusal_rate",
+    "attack_success_rate",
+    "text_validity_rate",
 )
 
 
@@ -50,8 +51,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = Table(title=f"{args.name}  ({store.uri})")
     for col in ("version", "aliases", "created", "method", "promotion"):
         table.add_column(col, no_wrap=True)
-    for _, label in HEADLINE_COLUMNS:
-        table.add_column(label, justify="right", no_wrap=True)
+    from vlalign.scorecard import METRICS
+
+    for k in LIST_METRICS:
+        table.add_column(METRICS[k].label, justify="right", no_wrap=True)
     for v in versions:
         table.add_row(
             v.version,
@@ -59,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             v.created.strftime("%Y-%m-%d %H:%M"),
             v.tags.get("method", "-"),
             v.promotion,
-            *(f"{v.metrics[k]:.3f}" if k in v.metrics else "-" for k, _ in HEADLINE_COLUMNS),
+            *(f"{v.metrics[k]:.3f}" if k in v.metrics else "-" for k in LIST_METRICS),
         )
     console = Console()
     if not console.is_terminal:  # piped: one line per version, never wrapped at 80 columns

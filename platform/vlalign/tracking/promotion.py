@@ -2,8 +2,9 @@
 
 Gates come from the recipe's `promotion` section: absolute thresholds over scorecard metrics
 (`harmful_refusal_rate >= 0.95`) and `max_regression` tolerances against the current champion
-("must not be worse by more than"). Worse is defined per metric by METRIC_DIRECTION: a higher
-harmful refusal rate is better, a higher benign refusal rate (over-refusal) is worse.
+("must not be worse by more than"). Worse is defined per metric by the scorecard schema
+(`vlalign.scorecard.DIRECTION`): a higher harmful refusal rate is better, a higher benign
+refusal rate (over-refusal) is worse.
 
 `evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
 and either moves `champion` (recording the previous one in the model tag
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from vlalign.config.schema import PromotionConfig
 from vlalign.errors import VlalignError
+from vlalign.scorecard import DIRECTION, HIGHER
 from vlalign.tracking.registry import (
     CHAMPION,
     TAG_PROMOTION,
@@ -32,16 +34,6 @@ from vlalign.tracking.registry import (
 )
 from vlalign.tracking.store import Store, client_for
 
-HIGHER_IS_BETTER = "higher"
-LOWER_IS_BETTER = "lower"
-METRIC_DIRECTION = {
-    "harmful_refusal_rate": HIGHER_IS_BETTER,
-    "attack_success_rate": LOWER_IS_BETTER,
-    "benign_refusal_rate": LOWER_IS_BETTER,
-    "text_validity_rate": HIGHER_IS_BETTER,
-    "implicit_reward_accuracy": HIGHER_IS_BETTER,
-    "reward_accuracy": HIGHER_IS_BETTER,
-}
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 HISTORY_TAG = "vlalign.champion_history"
 FAILED_TAG = "promotion.failed_gates"
@@ -113,11 +105,11 @@ def evaluate_gates(
     A metric missing from the candidate's scorecard fails its gate. Regression gates pass when
     there is no champion (nothing to regress from) or the champion lacks the metric.
     """
-    unknown = sorted(set(cfg.max_regression) - set(METRIC_DIRECTION))
+    unknown = sorted(set(cfg.max_regression) - set(DIRECTION))
     if unknown:
         raise VlalignError(
             f"promotion.max_regression: no direction known for {unknown} "
-            f"(known: {', '.join(sorted(METRIC_DIRECTION))})"
+            f"(known: {', '.join(sorted(DIRECTION))})"
         )
     if not cfg.gates and not cfg.max_regression:
         raise VlalignError(
@@ -137,7 +129,7 @@ def evaluate_gates(
         ok = OPS[g.op](value, g.value)
         report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
     for metric, tol in sorted(cfg.max_regression.items()):
-        direction = METRIC_DIRECTION[metric]
+        direction = DIRECTION[metric]
         text = f"{metric} at most {tol:g} worse than champion ({direction} is better)"
         value = metrics.get(metric)
         if not _finite(value):
@@ -150,7 +142,7 @@ def evaluate_gates(
             why = "no champion yet" if champion_metrics is None else "champion has no such metric"
             report.results.append(GateResult(text, metric, True, value, why))
             continue
-        worse_by = (base - value) if direction == HIGHER_IS_BETTER else (value - base)
+        worse_by = (base - value) if direction == HIGHER else (value - base)
         ok = worse_by <= tol + 1e-12
         reason = f"got {value:g} vs champion v{champion} {base:g} (worse by {max(worse_by, 0):g})"
         report.results.append(GateResult(text, metric, ok, value, reason))

@@ -1,5 +1,6 @@
 """End of a run (rank 0, after the final checkpoint): log the model, register it, maybe promote.
 
+    logger = RunLogger(recipe); logger.start(resume_run_id=run_id)
     result = publish_run(logger, recipe, export_dir, scorecard="runs/x/eval/final/scorecard.json")
 
 Logs the scorecard (eval/<name>/scorecard.json) and the exported policy as a pyfunc model,

@@ -21,7 +21,7 @@ from typing import Any
 
 from vlalign.config import Recipe
 from vlalign.errors import VlalignError
-from vlalign.tracking import scorecard as sc
+from vlalign.scorecard import headline, load_scorecard
 from vlalign.tracking.run_logger import (
     RECIPE_ARTIFACT,
     TAG_DATA_DIGEST,
@@ -29,6 +29,7 @@ from vlalign.tracking.run_logger import (
     base_model_spec,
     recipe_digest,
 )
+from vlalign.tracking.scorecard_log import artifact_path, metrics_from_tags, metrics_to_tags
 from vlalign.tracking.store import Store, client_for
 
 CANDIDATE = "candidate"
@@ -69,7 +70,7 @@ def version_tags(
     }
     if card is not None:
         tags[TAG_SCORECARD_NAME] = card["name"]
-        tags.update(sc.metrics_to_tags(sc.headline(card)))
+        tags.update(metrics_to_tags(headline(card)))
     return tags
 
 
@@ -91,7 +92,7 @@ def register_version(
     import mlflow
 
     client = client_for(store)
-    card = sc.load_scorecard(scorecard) if scorecard is not None else None
+    card = load_scorecard(scorecard) if scorecard is not None else None
     if run_id is not None and (data_digest is None or git_commit is None):
         run_tags = client.get_run(run_id).data.tags
         data_digest = data_digest or run_tags.get(TAG_DATA_DIGEST)
@@ -169,13 +170,13 @@ def scorecard_metrics(store: Store, mv) -> dict[str, float]:
     if mv.run_id and name:
         with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
             try:
-                path = _download(store, mv.run_id, sc.artifact_path(name), tmp)
+                path = _download(store, mv.run_id, artifact_path(name), tmp)
             except Exception:  # artifact store unreachable or file absent: fall back to tags
                 path = None
             if path:
-                card = sc.load_scorecard(path)
+                card = load_scorecard(path)
                 return {k: float(v) for k, v in card["metrics"].items()}
-    return sc.metrics_from_tags(mv.tags)
+    return metrics_from_tags(mv.tags)
 
 
 def run_recipe(store: Store, run_id: str) -> Recipe:
@@ -211,7 +212,7 @@ def list_versions(store: Store, name: str) -> list[VersionInfo]:
                 run_id=mv.run_id,
                 created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
                 tags=dict(mv.tags),
-                metrics=sc.metrics_from_tags(mv.tags),
+                metrics=metrics_from_tags(mv.tags),
             )
         )
     return sorted(out, key=lambda v: int(v.version), reverse=True)

@@ -32,7 +32,8 @@ from typing import Any
 
 from vlalign.config import Recipe, recipe_to_yaml
 from vlalign.errors import DataError, VlalignError
-from vlalign.tracking import scorecard as sc
+from vlalign.scorecard import load_scorecard
+from vlalign.tracking.scorecard_log import log_scorecard
 from vlalign.tracking.store import Store, experiment_id, prepare_store, resolve_store
 
 RECIPE_ARTIFACT = "recipe.yaml"
@@ -361,14 +362,12 @@ class RunLogger:
     def log_scorecard(self, card: str | Path | dict[str, Any]) -> dict[str, Any] | None:
         """Log a scorecard under eval/<name>/ (scorecard.json, chart, page; metrics eval/<name>/<m>).
 
-        Uses the evaluation area's logger (vlalign.evaluation.mlflow_log), the one writer of
-        that layout. Returns the validated scorecard dict.
+        Uses vlalign.tracking.scorecard_log, the one writer of that layout. Returns the
+        validated scorecard dict.
         """
         if not self.enabled or self.run_id is None:
             return None
-        from vlalign.evaluation.mlflow_log import log_scorecard
-
-        card = sc.load_scorecard(card)
+        card = load_scorecard(card)
         log_scorecard(card, self.run_id, card["name"])
         return card
 
@@ -383,17 +382,6 @@ class RunLogger:
 
         self._activate()
         return log_policy_model(export_dir, self._recipe(recipe), name=name)
-
-    def log_export(self, export_dir: str | Path, scorecard: str | Path | dict | None = None):
-        """End of training: log the model, register it, auto-promote as the recipe asks.
-
-        See vlalign.tracking.publish.publish_run; returns its PublishResult.
-        """
-        from vlalign.tracking.publish import PublishResult, publish_run
-
-        if not self.enabled or self.run_id is None:
-            return PublishResult()
-        return publish_run(self, self._recipe(None), export_dir, scorecard)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         """A file or directory as a run artifact."""

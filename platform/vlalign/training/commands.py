@@ -14,13 +14,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     problems = check_recipe(recipe)
     if problems:
         raise RecipeError(args.recipe, problems)
+    from vlalign.tracking.run_logger import RunLogger
     from vlalign.tracking.store import pin_store
 
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
     if args.no_ray:
         from vlalign.training.launch import launch_local
 
-        result = launch_local(recipe, nproc=args.nproc)
+        result = launch_local(recipe, nproc=args.nproc, tracker=RunLogger)
     else:
         from vlalign.orchestration.ray_train import run_on_ray
 

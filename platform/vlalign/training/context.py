@@ -10,10 +10,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from vlalign.config.schema import Recipe
+
 ReportFn = Callable[[dict, Path | None], None]
+
+
+class RunTracker(Protocol):
+    """What the loop logs a run to (rank 0). The tracking layer's RunLogger is one."""
+
+    def start(self, recipe: Recipe | None = None, resume_run_id: str | None = None) -> str | None:
+        """Start, or resume given the run id a checkpoint holds; returns the run id."""
+
+    def log_dataset(self, location: str, manifest: Any = None) -> str | None:
+        """The training shard set as the run's input."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Per-step scalars."""
+
+    def fail(self, error: BaseException) -> None:
+        """End the run FAILED, recording the error."""
+
+    def finish(self) -> None:
+        """End the run FINISHED."""
+
+
+# (recipe, rank) -> the run tracker of the main rank; picklable (launchers send it to workers).
+TrackerFactory = Callable[[Recipe, int], RunTracker]
 
 
 @dataclass
@@ -24,6 +50,8 @@ class TrainContext:
     (Ray merges the ranks' files); `restore_from` is a checkpoint directory to resume from.
     `stop_after` (tests only) ends the loop early after that many optimizer steps, as a kill would.
     `batches` replaces the webdataset shard reader (e.g. a Ray Data shard per worker).
+    `tracker` makes the MLflow run the main rank logs to when the recipe's tracking is enabled
+    (`vlalign.tracking.run_logger.RunLogger`, passed by the layers above training).
     """
 
     rank: int = 0
@@ -39,6 +67,7 @@ class TrainContext:
     batches: Callable | None = None
     # Inside a Ray worker: the progress bar is Ray's (drawn by the driver), not a local tqdm.
     ray_progress: bool = False
+    tracker: TrackerFactory | None = None
 
     @property
     def is_main(self) -> bool:

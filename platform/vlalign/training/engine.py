@@ -1,5 +1,6 @@
-"""DeepSpeed engine setup from the recipe: templates in cluster/deepspeed/, recipe overrides,
-a torch AdamW handed to DeepSpeed (no fused-Adam build), the warmup + decay schedule."""
+"""DeepSpeed engine setup from the recipe: templates (cluster/deepspeed/, shipped as package
+data), recipe overrides, a torch AdamW handed to DeepSpeed (no fused-Adam build), the warmup +
+decay schedule."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vlalign._shipped import deepspeed_dir
 from vlalign.config.loading import deep_merge
 from vlalign.config.schema import Recipe
 from vlalign.errors import VlalignError
@@ -23,7 +25,7 @@ warnings.filterwarnings(
     category=FutureWarning,
 )
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "cluster" / "deepspeed"
+TEMPLATES_DIR = deepspeed_dir()  # package data when installed, cluster/deepspeed/ in a checkout
 
 
 def template_path(recipe: Recipe) -> Path:

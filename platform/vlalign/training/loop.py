@@ -14,7 +14,8 @@ Contract (`run_training(recipe, ctx) -> TrainResult`):
 - Checkpoints (`train.checkpoint_every` and at the end) hold engine, data position, RNG, step,
   MLflow run id; after each one EVERY rank calls `ctx.report(metrics, checkpoint_dir)`.
   A restart resumes from `ctx.restore_from` or the output dir's `latest` checkpoint.
-- Rank 0 logs metrics (MLflow through `vlalign.tracking` when enabled) and exports the adapter.
+- Rank 0 logs metrics (to `ctx.tracker`, the tracking layer's MLflow RunLogger, when enabled) and
+  exports the adapter.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def _to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
 def _tracker(recipe: Recipe, ctx: TrainContext):
     if not (ctx.is_main and recipe.tracking.enabled):
         return None
-    from vlalign.tracking.run_logger import RunLogger
-
-    return RunLogger(recipe, rank=ctx.rank)
+    if ctx.tracker is None:
+        log.warning("tracking.enabled, but the launcher gave no tracker: no MLflow run is logged")
+        return None
+    return ctx.tracker(recipe, ctx.rank)
 
 
 def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult:

@@ -1,95 +1,20 @@
-"""The scorecard: JSON (what promotion gates read), a PNG chart, an HTML page, a terminal table.
+"""How a scorecard is shown: a PNG chart, an HTML page, a terminal table (and the JSON beside them).
 
-JSON schema "vlalign.scorecard/1":
-  {"schema", "name", "model", "data", "data_digest", "metrics": {name: float},
-   "per_category": {category: {"label", "n", "refusal_rate", ...}}, "counts": {...},
-   "samples": [{"prompt", "answer", "label", "category", "refused", "valid"}, ...],
-   "settings": {decoding and detector settings}}
-Nothing in it depends on the number of workers or the batch size.
+The scorecard itself (metrics, directions, JSON form) is `vlalign.scorecard`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlalign.errors import VlalignError
+from vlalign.scorecard import HEADLINE, JSON_NAME, Scorecard, write_json
 
-SCHEMA = "vlalign.scorecard/1"
-JSON_NAME = "scorecard.json"
 PNG_NAME = "refusal_by_category.png"
 HTML_NAME = "scorecard.html"
-REQUIRED = ("schema", "name", "model", "data", "metrics", "per_category", "counts")
-HEADLINE = (
-    "harmful_refusal_rate",
-    "attack_success_rate",
-    "benign_refusal_rate",
-    "text_validity_rate",
-    "implicit_reward_accuracy",
-    "reward_accuracy",
-    "mean_response_tokens",
-    "n_harmful",
-    "n_benign",
-)
 COLORS = {"harmful": "#c0392b", "benign": "#2e86c1"}
 CATEGORY_COLUMNS = ("refusal_rate", "validity_rate", "pairs", "pair_accuracy")
-
-
-@dataclass
-class Scorecard:
-    """A safety scorecard (see the module docstring for the JSON form)."""
-
-    name: str
-    model: str
-    data: str
-    metrics: dict[str, float]
-    per_category: dict[str, dict]
-    counts: dict
-    data_digest: str | None = None
-    samples: list[dict] = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
-    schema: str = SCHEMA
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {"schema": d.pop("schema"), **d}
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "scorecard") -> Scorecard:
-        if not isinstance(d, dict):
-            raise VlalignError(f"{source}: not a JSON object")
-        if d.get("schema") != SCHEMA:
-            raise VlalignError(f"{source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
-        missing = [k for k in REQUIRED if k not in d]
-        if missing:
-            raise VlalignError(f"{source}: missing keys {missing}")
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
-
-
-def write_json(card: Scorecard, path: str | Path) -> Path:
-    """Write the scorecard JSON (sorted keys, 2-space indent)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def read_scorecard(path: str | Path) -> Scorecard:
-    """Read and check a scorecard JSON file (a directory means its scorecard.json)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / JSON_NAME
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise VlalignError(f"{p}: no such scorecard") from None
-    except json.JSONDecodeError as e:
-        raise VlalignError(f"{p}: not valid JSON: {e}") from None
-    return Scorecard.from_dict(data, str(p))
 
 
 def _chart_series(card: Scorecard) -> tuple[str, str, list[tuple[str, float, str, int]]]:
