@@ -191,6 +191,16 @@ def expand_features(
     return BaseModelOutputWithPooling(pooler_output=type(po)(out) if isinstance(po, tuple) else out)
 
 
+def produces_mm_token_types(encoder: ChatEncoder) -> bool:
+    """Does the family's processor return mm_token_type_ids (Qwen2-VL's M-RoPE needs it)?"""
+    cached = getattr(encoder, "_vlalign_mm_types", None)
+    if cached is None:
+        out = encoder.processor(text=[encoder.prompt_text("x", 0)], return_tensors="pt")
+        cached = "mm_token_type_ids" in out
+        encoder._vlalign_mm_types = cached
+    return cached
+
+
 def _first_scored(labels: Tensor) -> int:
     scored = (labels != IGNORE_INDEX).any(dim=0).nonzero()
     return int(scored[0]) if len(scored) else labels.shape[1] - 1

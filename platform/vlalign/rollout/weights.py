@@ -30,7 +30,7 @@ from torch import Tensor
 
 from vlalign.errors import VlalignError
 from vlalign.models.inputs import ChatEncoder
-from vlalign.rollout.engine import token_forward
+from vlalign.rollout.engine import produces_mm_token_types, token_forward
 
 PARITY_TOLERANCE = 1e-4
 
@@ -115,7 +115,7 @@ def make_probe(
     ex = enc.sft_example([img], prompt, response)
     ids = ex["input_ids"][None]
     extra = dict(ex["image_inputs"])
-    if "mm_token_type_ids" in enc.processor(text=["x"], return_tensors="pt"):
+    if produces_mm_token_types(enc):
         extra["mm_token_type_ids"] = (ids == enc.image_token_id).long()
     return Probe(ids, torch.ones_like(ids), ex["labels"][None], extra)
 
