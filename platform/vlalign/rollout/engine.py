@@ -39,6 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.errors import DataError
 from vlalign.logprobs import token_logprobs_from_logits
+from vlalign.losses.policy import entropy_from_logits
 from vlalign.methods.forward import PIXEL_KEYS, encode_images, image_inputs
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 
@@ -213,12 +214,15 @@ def token_forward(
     labels: Tensor,
     extra: dict,
     chunk_size: int = 1024,
-) -> Tensor:
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token response log-probs [N, T] float32, label-aligned (`vlalign.logprobs`).
 
     input_ids, attention_mask, labels: [N, T] right-padded. Logits are computed only from the
     position before the first scored label on, and log-probs chunk by chunk over the vocabulary.
     Differentiable when called with grad enabled (the trainer's new log-probs).
+    ``entropy=True`` also returns the exact entropy of the distribution each response token was
+    predicted from ([N, T] float32, detached, label-aligned, 0 off the response), for reporting.
     """
     start = max(0, _first_scored(labels) - 1)
     keep = torch.arange(start, input_ids.shape[1], device=input_ids.device) if start else 0
@@ -229,8 +233,11 @@ def token_forward(
         use_cache=False,
         **extra,
     )
-    lp = token_logprobs_from_logits(out.logits, labels[:, start:], chunk_size)
-    return F.pad(lp, (start, 0))
+    lp = F.pad(token_logprobs_from_logits(out.logits, labels[:, start:], chunk_size), (start, 0))
+    if not entropy:
+        return lp
+    ent = F.pad(entropy_from_logits(out.logits, chunk_size)[:, :-1], (start + 1, 0))
+    return lp, ent * (labels != IGNORE_INDEX).to(ent.dtype)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
