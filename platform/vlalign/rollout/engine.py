@@ -113,7 +113,9 @@ class Rollout:
     truncated: [N] bool (no end-of-sequence within max_new_tokens); texts: N decoded responses.
     lm_inputs: the image kwargs the LM needs besides the features ([N, ...]: image_grid_thw
     per row's image, mm_token_type_ids [N, T]). features: per-PROMPT image features (P images),
-    reusable for the trainer's and the reference's forwards (`expand_features`).
+    reusable for the trainer's and the reference's forwards (`forward_kwargs`) while the vision
+    path is frozen (`vlalign.methods.forward.vision_is_trainable` False): they were computed
+    without grad and with the rollout's weights.
     """
 
     input_ids: Tensor
