@@ -196,3 +196,19 @@ def test_layout_cuts_at_the_first_eos_and_keeps_it_as_a_response_token(built) ->
     assert out["truncated"].tolist() == [False, True]
     tok = eng.tokenizer
     assert out["texts"][0] == tok.decode([11], skip_special_tokens=True).strip()
+
+
+def test_select_gives_mini_batches_with_their_own_images(built) -> None:
+    """Rows 7, 1, 4 (prompts 2, 0, 1, out of order) as a mini-batch: the forward on `select`'s
+    batch, with the rollout's features for exactly those rows, reproduces their old log-probs."""
+    from vlalign.rollout.engine import token_forward
+
+    r = engine(built).rollout(prompts(), step=2)
+    mb = r.select([7, 1, 4])
+    assert mb["input_ids"].shape == (3, r.input_ids.shape[1])
+    with torch.no_grad():
+        lp = token_forward(
+            built.model, mb["input_ids"], mb["attention_mask"], mb["labels"], mb["extra"]
+        )
+    torch.testing.assert_close(lp, mb["old_logps"], rtol=0, atol=1e-5)
+    assert torch.equal(mb["old_logps"], r.old_logps[[7, 1, 4]])

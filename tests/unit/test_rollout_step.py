@@ -66,7 +66,7 @@ def test_one_online_step_on_policy_then_sync(name: str, loss: str, model_cache) 
     vision = hf_model(policy).get_submodule(vp)
     calls: list[int] = []
     hook = vision.register_forward_hook(lambda m, a, o: calls.append(1))
-    extra = r.forward_kwargs(engine.encoder.image_token_id)
+    extra = r.forward_kwargs()
     policy.train()
     new, ent = token_forward(policy, r.input_ids, r.attention_mask, r.labels, extra, entropy=True)
     with torch.no_grad(), policy.disable_adapter():
