@@ -173,3 +173,42 @@ def test_row_sampler_draws_from_the_tempered_top_p_distribution() -> None:
         assert not all(torch.equal(draws[:, 0], draws[:, j]) for j in (1, 2, 3))
         assert (draws.flatten().bincount(minlength=4)[expected == 0] == 0).all()
     assert sample_seed(0, 1, "k", 0) != sample_seed(0, 0, "k", 0) != sample_seed(1, 0, "k", 0)
+
+
+def test_layout_cuts_at_the_first_eos_and_keeps_it_as_a_response_token(built) -> None:
+    """Left-padded prompts [pad, 5, 6] and [7, 8, 9]; generated [11, EOS, pad, pad] and
+    [12, 13, 14, 15] (no EOS): row 0 -> [5, 6, 11, EOS] + padding, response length 2 (EOS
+    included, so the policy learns to stop), not truncated, text without EOS; row 1 ->
+    [7, 8, 9, 12, 13, 14, 15], length 4, truncated. Labels cover the responses only."""
+    eng = engine(built)
+    eos, pad = min(eng.eos), eng.pad_id
+    prompt_ids = torch.tensor([[pad, 5, 6], [7, 8, 9]])
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    new = torch.tensor([[11, eos, pad, pad], [12, 13, 14, 15]])
+    out = eng._layout(prompt_ids, prompt_mask, new, None)
+    assert out["input_ids"].tolist() == [[5, 6, 11, eos, pad, pad, pad], [7, 8, 9, 12, 13, 14, 15]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0, 0], [1] * 7]
+    assert out["labels"].tolist() == [
+        [-100, -100, 11, eos, -100, -100, -100],
+        [-100, -100, -100, 12, 13, 14, 15],
+    ]
+    assert out["response_lengths"].tolist() == [2, 4]
+    assert out["truncated"].tolist() == [False, True]
+    tok = eng.tokenizer
+    assert out["texts"][0] == tok.decode([11], skip_special_tokens=True).strip()
+
+
+def test_select_gives_mini_batches_with_their_own_images(built) -> None:
+    """Rows 7, 1, 4 (prompts 2, 0, 1, out of order) as a mini-batch: the forward on `select`'s
+    batch, with the rollout's features for exactly those rows, reproduces their old log-probs."""
+    from vlalign.rollout.engine import token_forward
+
+    r = engine(built).rollout(prompts(), step=2)
+    mb = r.select([7, 1, 4])
+    assert mb["input_ids"].shape == (3, r.input_ids.shape[1])
+    with torch.no_grad():
+        lp = token_forward(
+            built.model, mb["input_ids"], mb["attention_mask"], mb["labels"], mb["extra"]
+        )
+    torch.testing.assert_close(lp, mb["old_logps"], rtol=0, atol=1e-5)
+    assert torch.equal(mb["old_logps"], r.old_logps[[7, 1, 4]])

@@ -39,6 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.errors import DataError
 from vlalign.logprobs import token_logprobs_from_logits
+from vlalign.losses.policy import entropy_from_logits
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.models.pair_inputs import PIXEL_KEYS, encode_images, image_inputs
 
@@ -110,9 +111,12 @@ class Rollout:
     old_logps: [N, T] float32, label-aligned (``old_logps[i, t]`` scores ``input_ids[i, t]``;
     0 off the response); prompt_index: [N] (row -> prompt); response_lengths: [N];
     truncated: [N] bool (no end-of-sequence within max_new_tokens); texts: N decoded responses.
-    lm_inputs: the image kwargs the LM needs besides the features ([N, ...]: image_grid_thw
-    per row's image, mm_token_type_ids [N, T]). features: per-PROMPT image features (P images),
-    reusable for the trainer's and the reference's forwards (`expand_features`).
+    features: per-PROMPT image features (P prompts' images; ``image_counts[p]`` entries of
+    ``pooler_output`` per prompt), reusable for the trainer's and the reference's forwards
+    (`forward_kwargs`, `select`) while the vision path is frozen
+    (`vlalign.methods.forward.vision_is_trainable` False): they were computed without grad and
+    with the rollout's weights. prompt_images: per-prompt, per-image tensors the LM reads besides
+    the features (Qwen2-VL's image_grid_thw [images, 3]); mm_token_type_ids: [N, T] or None.
     """
 
     input_ids: Tensor
@@ -125,24 +129,58 @@ class Rollout:
     truncated: Tensor
     texts: list[str]
     n: int
-    lm_inputs: dict[str, Tensor] = field(default_factory=dict)
     features: BaseModelOutputWithPooling | None = None
-    prompt_ids: Tensor | None = None  # [P, L] the left-padded prompts
+    image_counts: list[int] = field(default_factory=list)
+    prompt_images: dict[str, Tensor] = field(default_factory=dict)
+    mm_token_type_ids: Tensor | None = None
 
-    def forward_kwargs(self, image_token_id: int) -> dict:
-        """Model kwargs carrying this rollout's images for a forward over its N rows."""
-        extra = dict(self.lm_inputs)
+    def forward_kwargs(self, rows: Sequence[int] | Tensor | None = None) -> dict:
+        """Model kwargs carrying the images of ``rows`` (default: all N rows, in order)."""
+        rows = range(self.input_ids.shape[0]) if rows is None else [int(r) for r in rows]
+        owners = [int(self.prompt_index[r]) for r in rows]
+        extra: dict = {}
         if self.features is not None:
             extra["mm_encoder_outputs"] = {
-                "image": expand_features(
-                    self.features, self.prompt_image_counts(image_token_id), self.n
-                )
+                "image": features_for_rows(self.features, self.image_counts, owners)
             }
+        for k, v in self.prompt_images.items():
+            parts = v.split(self.image_counts)
+            extra[k] = torch.cat([parts[p] for p in owners])
+        if self.mm_token_type_ids is not None:
+            extra["mm_token_type_ids"] = self.mm_token_type_ids[list(rows)]
         return extra
 
-    def prompt_image_counts(self, image_token_id: int) -> list[int]:
-        """Image-feature entries per prompt (see `split_by_prompt`)."""
-        return split_by_prompt(self.features, self.prompt_ids, image_token_id)
+    def select(self, rows: Sequence[int] | Tensor) -> dict:
+        """A mini-batch of rows for the policy update: input_ids, attention_mask, labels,
+        response_mask, old_logps [k, T] and ``extra`` (their images, `forward_kwargs`)."""
+        idx = [int(r) for r in rows]
+        return {
+            "input_ids": self.input_ids[idx],
+            "attention_mask": self.attention_mask[idx],
+            "labels": self.labels[idx],
+            "response_mask": self.response_mask[idx],
+            "old_logps": self.old_logps[idx],
+            "extra": self.forward_kwargs(idx),
+        }
+
+
+def features_for_rows(
+    features: BaseModelOutputWithPooling, counts: Sequence[int], owners: Sequence[int]
+) -> BaseModelOutputWithPooling:
+    """Per-prompt features -> the features of rows whose prompts are ``owners`` (in order).
+
+    counts: ``pooler_output`` entries per prompt (`split_by_prompt`). pooler_output keeps its
+    type (list/tuple of [k, H] or a stacked tensor); entries are shared, not recomputed.
+    """
+    po = features.pooler_output
+    entries = list(po)
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    out = [e for p in owners for e in entries[starts[p] : starts[p + 1]]]
+    if isinstance(po, Tensor):
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(out))
+    return BaseModelOutputWithPooling(pooler_output=tuple(out) if isinstance(po, tuple) else out)
 
 
 def split_by_prompt(
@@ -174,21 +212,18 @@ def split_by_prompt(
 def expand_features(
     features: BaseModelOutputWithPooling, counts: Sequence[int], n: int
 ) -> BaseModelOutputWithPooling:
-    """Per-prompt features -> per-row features: prompt p's entries repeated n times in a row.
+    """Per-prompt features -> per-row features: prompt p's entries repeated n times in a row."""
+    return features_for_rows(features, counts, [p for p in range(len(counts)) for _ in range(n)])
 
-    counts: entries per prompt (`split_by_prompt`). pooler_output keeps its type (list/tuple of
-    [k, H] or a stacked tensor). No copy of the vision tower's work: entries are shared.
-    """
-    po = features.pooler_output
-    entries = list(po)
-    out, i = [], 0
-    for c in counts:
-        group = entries[i : i + c]
-        out.extend(group * n)
-        i += c
-    if isinstance(po, Tensor):
-        return BaseModelOutputWithPooling(pooler_output=torch.stack(out))
-    return BaseModelOutputWithPooling(pooler_output=type(po)(out) if isinstance(po, tuple) else out)
+
+def produces_mm_token_types(encoder: ChatEncoder) -> bool:
+    """Does the family's processor return mm_token_type_ids (Qwen2-VL's M-RoPE needs it)?"""
+    cached = getattr(encoder, "_vlalign_mm_types", None)
+    if cached is None:
+        out = encoder.processor(text=[encoder.prompt_text("x", 0)], return_tensors="pt")
+        cached = "mm_token_type_ids" in out
+        encoder._vlalign_mm_types = cached
+    return cached
 
 
 def _first_scored(labels: Tensor) -> int:
@@ -203,12 +238,15 @@ def token_forward(
     labels: Tensor,
     extra: dict,
     chunk_size: int = 1024,
-) -> Tensor:
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token response log-probs [N, T] float32, label-aligned (`vlalign.logprobs`).
 
     input_ids, attention_mask, labels: [N, T] right-padded. Logits are computed only from the
     position before the first scored label on, and log-probs chunk by chunk over the vocabulary.
     Differentiable when called with grad enabled (the trainer's new log-probs).
+    ``entropy=True`` also returns the exact entropy of the distribution each response token was
+    predicted from ([N, T] float32, detached, label-aligned, 0 off the response), for reporting.
     """
     start = max(0, _first_scored(labels) - 1)
     keep = torch.arange(start, input_ids.shape[1], device=input_ids.device) if start else 0
@@ -219,8 +257,11 @@ def token_forward(
         use_cache=False,
         **extra,
     )
-    lp = token_logprobs_from_logits(out.logits, labels[:, start:], chunk_size)
-    return F.pad(lp, (start, 0))
+    lp = F.pad(token_logprobs_from_logits(out.logits, labels[:, start:], chunk_size), (start, 0))
+    if not entropy:
+        return lp
+    ent = F.pad(entropy_from_logits(out.logits, chunk_size)[:, :-1], (start + 1, 0))
+    return lp, ent * (labels != IGNORE_INDEX).to(ent.dtype)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
@@ -355,9 +396,6 @@ class GenerationEngine:
         layout = self._layout(
             gen_in["input_ids"], gen_in["attention_mask"], new, gen_in.get("mm_token_type_ids")
         )
-        extra = dict(lm_images)
-        if "mm_token_type_ids" in layout:
-            extra["mm_token_type_ids"] = layout.pop("mm_token_type_ids")
         rollout = Rollout(
             input_ids=layout["input_ids"],
             attention_mask=layout["attention_mask"],
@@ -369,16 +407,17 @@ class GenerationEngine:
             truncated=layout["truncated"],
             texts=layout["texts"],
             n=n,
-            lm_inputs=extra,
             features=features,
-            prompt_ids=batch["input_ids"],
+            image_counts=counts,
+            prompt_images={k: v for k, v in images.items() if k not in PIXEL_KEYS},
+            mm_token_type_ids=layout.get("mm_token_type_ids"),
         )
         rollout.old_logps = token_forward(
             model,
             rollout.input_ids,
             rollout.attention_mask,
             rollout.labels,
-            rollout.forward_kwargs(image_id),
+            rollout.forward_kwargs(),
             s.logprob_chunk,
         )
         return rollout
