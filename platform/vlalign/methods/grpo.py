@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.config.schema import GrpoMethod
 from vlalign.errors import VlalignError
@@ -46,10 +45,10 @@ from vlalign.rollout.engine import (
     GenerationEngine,
     Rollout,
     SamplingSettings,
-    expand_features,
+    features_for_rows,
     token_forward,
 )
-from vlalign.rollout.rewards import RewardSet, build_rewards
+from vlalign.rollout.rewards import RewardError, RewardFn, RewardSample, build_reward, score
 
 
 @dataclass
@@ -62,19 +61,6 @@ class _Piece:
     ref_logps: Tensor | None  # [M, T] or None
     pixels: dict[str, Tensor]  # the prompts' image tensors (to re-encode a trainable tower)
     sums: dict[str, float]  # rollout metrics, carried by the rollout's first piece only
-
-
-def _select_features(
-    feats: BaseModelOutputWithPooling, rows: list[int]
-) -> BaseModelOutputWithPooling:
-    """Per-row features (one entry per row) restricted to `rows`."""
-    po = feats.pooler_output
-    if isinstance(po, Tensor):
-        return BaseModelOutputWithPooling(pooler_output=po[rows])
-    picked = [po[i] for i in rows]
-    return BaseModelOutputWithPooling(
-        pooler_output=type(po)(picked) if isinstance(po, tuple) else picked
-    )
 
 
 class Grpo:
@@ -91,7 +77,8 @@ class Grpo:
         self.model: nn.Module | None = None
         self.frozen_ref: nn.Module | None = None
         self.generator: GenerationEngine | None = None
-        self.rewards: RewardSet | None = None
+        self.rewards: dict[str, RewardFn] = {}
+        self.weights: dict[str, float] = {}
         self.rollouts_done = 0  # seeds the samples; saved in the checkpoint
         self.seed = 0
         self.image_token_id = -1
@@ -125,7 +112,20 @@ class Grpo:
             max_length=run.recipe.data.max_length,
         )
         self.image_token_id = self.generator.encoder.image_token_id
-        self.rewards = build_rewards(c.rewards, c.reward_combine, run.device)
+        for spec in c.rewards:
+            if spec.name in self.rewards:
+                raise VlalignError(f"method.rewards: {spec.name!r} is listed twice")
+            options = dict(spec.options)
+            if spec.name == "reward_model":
+                options["path"] = spec.model
+            elif spec.name == "judge":
+                options.setdefault("cache_dir", run.recipe.model.cache_dir)
+                options["model_name"] = spec.model
+            try:
+                self.rewards[spec.name] = build_reward(spec.name, **options)
+            except TypeError as e:
+                raise VlalignError(f"method.rewards: {spec.name}: bad options ({e})") from None
+            self.weights[spec.name] = spec.weight
         return run.model
 
     def setup(self, engine: nn.Module) -> None:
@@ -155,10 +155,21 @@ class Grpo:
         self.rollouts_done += 1
         N, n = ro.input_ids.shape[0], ro.n
         rows_of = [samples[int(p)] for p in ro.prompt_index.tolist()]
-        scored = self.rewards.score(rows_of, ro.texts)
-        rewards = scored.total.to(ro.old_logps.device, torch.float32)
-        sums: dict[str, float] = {f"{k}/sum": float(v.sum()) for k, v in scored.parts.items()}
-        sums.update({f"{k}/sqsum": float((v.float() ** 2).sum()) for k, v in scored.parts.items()})
+        seen = [
+            RewardSample(images=list(r["images"]), prompt=r["prompt"], response=t, meta=r["meta"])
+            for r, t in zip(rows_of, ro.texts, strict=True)
+        ]
+        try:
+            total, parts, _ = score(
+                self.rewards, seen, self.weights, combine=c.reward_combine, group_size=n
+            )
+        except RewardError as e:
+            raise VlalignError(str(e)) from None
+        rewards = total.to(ro.old_logps.device, torch.float32)
+        sums: dict[str, float] = {}
+        for name, v in parts.items():
+            sums[f"reward/{name}/sum"] = float(v.float().sum())
+            sums[f"reward/{name}/sqsum"] = float((v.float() ** 2).sum())
         if c.overlong_cache:
             rewards = rewards + overlong_penalty(
                 ro.response_lengths, c.max_new_tokens, c.overlong_cache
@@ -180,7 +191,9 @@ class Grpo:
             keep = f.keep.to(rewards.device)
             sums["groups/dropped"] = float(f.dropped_groups)
         sums.update(self._rollout_sums(ro, rewards, advantages, rows_of))
-        pixels = image_inputs(self.generator.prompt_batch(samples))
+        pixels = {}
+        if vision_is_trainable(self.model):  # the update re-encodes the prompts' images
+            pixels = image_inputs(self.generator.prompt_batch(samples))
         rows = keep.nonzero().flatten()
         size = c.mini_batch_size or max(len(rows), 1)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rollouts_done)
@@ -268,23 +281,17 @@ class Grpo:
     def _token_logps(
         self, model: nn.Module, ro: Rollout, rows: list[int], pixels: dict, grad: bool
     ) -> Tensor:
-        """Token log-probs [M, T] of the rollout's `rows` under `model`."""
-        extra = {k: v for k, v in ro.lm_inputs.items()}
-        per_row_images = "image_grid_thw" in extra or "image_sizes" in extra
-        if ro.features is not None:
-            feats = ro.features
-            if grad and vision_is_trainable(model):  # a trainable tower needs its own graph
-                feats = encode_images(model, pixels)
-            counts = ro.prompt_image_counts(self.image_token_id)
-            row_feats = expand_features(feats, counts, ro.n)
-            if not all(c == 1 for c in counts):
-                raise ValueError("grpo: prompts with several images are not supported yet")
-            extra["mm_encoder_outputs"] = {"image": _select_features(row_feats, rows)}
-        for k in list(extra):
-            if k == "mm_encoder_outputs":
-                continue
-            if k == "mm_token_type_ids" or per_row_images:
-                extra[k] = extra[k][rows]
+        """Token log-probs [M, T] of the rollout's `rows` under `model`.
+
+        The rollout's per-prompt image features serve every row; a trainable vision path
+        (LoRA on the tower or projector) re-encodes the prompts' images with grad instead."""
+        extra = ro.forward_kwargs(rows)
+        if grad and pixels and ro.features is not None:
+            owners = [int(ro.prompt_index[r]) for r in rows]
+            feats = encode_images(model, {k: v.to(ro.input_ids.device) for k, v in pixels.items()})
+            extra["mm_encoder_outputs"] = {
+                "image": features_for_rows(feats, ro.image_counts, owners)
+            }
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
             return token_forward(

@@ -170,8 +170,8 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu"):
     from safetensors.torch import load_file
 
     from vlalign.config.schema import ModelConfig
-    from vlalign.methods.reward import RewardModel
     from vlalign.models import build
+    from vlalign.models.value_head import RewardModel
 
     path = Path(path)
     manifest = path / EXPORT_MANIFEST
@@ -196,7 +196,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu"):
 
 
 class RewardModelReward:
-    """Scores (image, prompt, response) with a `vlalign.methods.reward.RewardModel`. -> [N].
+    """Scores (image, prompt, response) with a `vlalign.models.value_head.RewardModel`. -> [N].
 
     Build from an export directory (``path``) or from a loaded ``model`` + ``processor`` +
     ``family``. The response is encoded as in training (chat template, end of turn).
