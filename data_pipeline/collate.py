@@ -11,7 +11,7 @@ Padding is on the right. B = examples, T = longest sequence in the batch.
 
 `collate_pairs(examples, pad_id)`:
     chosen_input_ids / chosen_attention_mask / chosen_labels [B, Tc], rejected_* [B, Tr],
-    chosen_mm_token_type_ids / rejected_mm_token_type_ids when present, the image tensors ONCE
+    chosen_/rejected_ modality ids when present, the image tensors ONCE
     per pair (same layout as SFT with B pairs: chosen and rejected of pair i share image i, so
     the vision tower can run once per pair), prompt_lens [B], keys, n_examples, n_truncated,
     n_image_tokens and n_tokens over chosen + rejected.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from vlalign.errors import DataError
-from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.inputs import IGNORE_INDEX, TOKEN_TYPE_KEYS
 
 
 def pad_right(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -82,9 +82,10 @@ def _sequences(examples: list[dict], prefix: str, pad_id: int) -> dict[str, torc
         ).long(),
         f"{prefix}labels": pad_right([ex[f"{prefix}labels"] for ex in examples], IGNORE_INDEX),
     }
-    mm = f"{prefix}mm_token_type_ids"
-    if mm in examples[0]:
-        out[mm] = pad_right([ex[mm] for ex in examples], 0)
+    for key in TOKEN_TYPE_KEYS:  # per-token modality ids, for families whose LM takes them
+        tt = f"{prefix}{key}"
+        if tt in examples[0]:
+            out[tt] = pad_right([ex[tt] for ex in examples], 0)
     return out
 
 

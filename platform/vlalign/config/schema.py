@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vlalign import catalog
+
 BUILTIN_FAMILY: dict[str, str] = catalog.builtin_models()
 BUILTIN_MODELS = tuple(BUILTIN_FAMILY)
 MODEL_FAMILIES = tuple(catalog.FAMILIES)

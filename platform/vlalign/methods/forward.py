@@ -18,12 +18,14 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.logprobs import SequenceLogprobs, sequence_logprobs
-from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.families import all_families
+from vlalign.models.inputs import IGNORE_INDEX, TOKEN_TYPE_KEYS
 
-# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values).
-IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
-# The keys the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
-PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
+# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values): every
+# family's `image_keys` (a batch holds one family's).
+IMAGE_KEYS = tuple(dict.fromkeys(k for f in all_families() for k in f.image_keys))
+# The keys only the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
+PIXEL_KEYS = tuple(dict.fromkeys(k for f in all_families() for k in f.pixel_keys))
 
 
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,6 +44,12 @@ def image_inputs(batch: dict) -> dict[str, Tensor]:
     return {k: batch[k] for k in IMAGE_KEYS if k in batch and batch[k] is not None}
 
 
+def token_type_inputs(batch: dict, prefix: str = "") -> dict[str, Tensor]:
+    """The per-token modality ids [B, T] of a batch's `prefix` sequences, under the model's
+    kwarg name (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids); {} for other families."""
+    return {k: batch[prefix + k] for k in TOKEN_TYPE_KEYS if batch.get(prefix + k) is not None}
+
+
 def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
     """Each image tensor repeated n times along its per-image dim 0 (naive pair path)."""
     return {k: torch.cat([v] * n, dim=0) for k, v in images.items()}
@@ -50,11 +58,7 @@ def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
 def encode_images(model: torch.nn.Module, images: dict[str, Tensor]) -> BaseModelOutputWithPooling:
     """Run the vision tower + projector once. pooler_output: per-image features."""
     base = hf_model(model)
-    kwargs = {
-        k: v
-        for k, v in images.items()
-        if k in ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
-    }
+    kwargs = {k: v for k, v in images.items() if k in IMAGE_KEYS}
     return base.get_image_features(**kwargs, return_dict=True)
 
 
@@ -117,14 +121,15 @@ def _pad_to(x: Tensor, length: int, value: int) -> Tensor:
 
 
 def stack_pairs(batch: dict, pad_id: int) -> dict[str, Tensor]:
-    """chosen_* [B, Tc] and rejected_* [B, Tr] -> input_ids/attention_mask/labels [2B, T]."""
+    """chosen_* [B, Tc] and rejected_* [B, Tr] -> input_ids/attention_mask/labels [2B, T]
+    (and the per-token modality ids [2B, T] when the batch has them)."""
     T = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     out = {}
     for key, pad in (
         ("input_ids", pad_id),
         ("attention_mask", 0),
         ("labels", IGNORE_INDEX),
-        ("mm_token_type_ids", 0),
+        *((k, 0) for k in TOKEN_TYPE_KEYS),
     ):
         c, r = batch.get(f"chosen_{key}"), batch.get(f"rejected_{key}")
         if c is None:
@@ -145,8 +150,9 @@ def stacked_pair_inputs(
     images = image_inputs(batch)
     seq = stack_pairs(batch, pad_id)
     extra = repeat_images({k: v for k, v in images.items() if k not in PIXEL_KEYS}, 2)
-    if "mm_token_type_ids" in seq:
-        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
+    for k in TOKEN_TYPE_KEYS:
+        if k in seq:
+            extra[k] = seq.pop(k)
     if features is not None:
         extra["mm_encoder_outputs"] = {"image": repeat_features(features, 2)}
     else:
@@ -188,9 +194,7 @@ def pair_forward(
     if not opts.concatenate:
         results = []
         for side in ("chosen", "rejected"):
-            extra = dict(lm_image_keys)
-            if f"{side}_mm_token_type_ids" in batch:
-                extra["mm_token_type_ids"] = batch[f"{side}_mm_token_type_ids"]
+            extra = {**lm_image_keys, **token_type_inputs(batch, f"{side}_")}
             if opts.share_vision and features is not None:
                 extra["mm_encoder_outputs"] = {"image": features}
             else:

@@ -9,7 +9,7 @@ import torch
 from vlalign.config.schema import Recipe
 from vlalign.losses import resolve_loss
 from vlalign.methods.base import StepOutput
-from vlalign.methods.forward import image_inputs, sequence_forward
+from vlalign.methods.forward import image_inputs, sequence_forward, token_type_inputs
 
 
 @dataclass
@@ -27,9 +27,7 @@ def setup(recipe: Recipe, model: torch.nn.Module, pad_id: int, **_) -> State:
 
 def step(state: State, batch: dict) -> StepOutput:
     """Sum of response-token NLL over the micro-batch; count = response tokens."""
-    extra = image_inputs(batch)
-    if "mm_token_type_ids" in batch:
-        extra["mm_token_type_ids"] = batch["mm_token_type_ids"]
+    extra = {**image_inputs(batch), **token_type_inputs(batch)}
     lp = sequence_forward(
         state.model,
         batch["input_ids"],

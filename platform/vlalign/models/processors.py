@@ -1,22 +1,35 @@
-"""Loading processors, with the image-only Qwen2-VL processor for machines without torchvision.
+"""Loading processors, and image-only processors for machines without torchvision.
 
-Without torchvision, transformers cannot build the video processor that Qwen2-VL /
+Without torchvision, transformers cannot build the video processor that the Qwen2-VL /
 Qwen2.5-VL processors require in __init__ ("VIDEO_PROCESSOR_MAPPING has no attribute
-'_extra_content'"). vlalign only needs images, so it builds the same processor from the image
-processor, tokenizer and chat template alone.
+'_extra_content'"). vlalign only needs images, so `image_only(cls)` makes a processor class that
+is built from the image processor, tokenizer and chat template alone. Which family needs which
+processor is the family's business (`Family.load_processor`, `vlalign/models/families/`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from functools import cache
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
-from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
 
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    """Qwen2-VL processor without a video processor (images and text only)."""
+def has_torchvision() -> bool:
+    """True when torchvision is importable (the stock video-capable processors then load)."""
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@cache
+def image_only(base: type) -> type:
+    """A subclass of the processor class `base` without a video processor (images and text).
+
+    It saves under `base`'s name, so AutoProcessor reloads the stock class where torchvision
+    exists.
+    """
+    stock = base.__name__
+    name = stock.removesuffix("Processor") + "ImageOnlyProcessor"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
@@ -26,29 +39,53 @@ class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Save under the stock class name so AutoProcessor reloads it where torchvision exists."""
-        out = super().save_pretrained(save_directory, **kwargs)
-        for name in ("processor_config.json", "preprocessor_config.json"):
-            p = Path(save_directory) / name
+        out = base.save_pretrained(self, save_directory, **kwargs)
+        for fname in ("processor_config.json", "preprocessor_config.json"):
+            p = Path(save_directory) / fname
             if p.is_file():
-                p.write_text(p.read_text().replace("Qwen2VLImageOnlyProcessor", "Qwen2VLProcessor"))
+                p.write_text(p.read_text().replace(name, stock))
         return out
 
+    return type(
+        name,
+        (base,),
+        {
+            "__init__": __init__,
+            "save_pretrained": save_pretrained,
+            "__doc__": f"{stock} without a video processor (images and text only).",
+            "__module__": __name__,
+        },
+    )
 
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+def load_image_only(
+    base: type, path: str | Path, trust_remote_code: bool = False, revision: str | None = None
+):
+    """Build `image_only(base)` from the tokenizer, image processor and chat template at `path`."""
+    kw = dict(trust_remote_code=trust_remote_code, revision=revision)
+    tok = AutoTokenizer.from_pretrained(str(path), **kw)
+    ip = AutoImageProcessor.from_pretrained(str(path), **kw)
+    return image_only(base)(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
 
 
 def load_processor(
     path: str | Path, family: str, trust_remote_code: bool = False, revision: str | None = None
 ):
-    """AutoProcessor, or for Qwen2-VL families without torchvision the image-only processor."""
-    kw = dict(trust_remote_code=trust_remote_code, revision=revision)
-    if family not in QWEN_FAMILIES or importlib.util.find_spec("torchvision") is not None:
-        return AutoProcessor.from_pretrained(str(path), **kw)
-    tok = AutoTokenizer.from_pretrained(str(path), **kw)
-    ip = AutoImageProcessor.from_pretrained(str(path), **kw)
-    return Qwen2VLImageOnlyProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        chat_template=tok.chat_template or getattr(tok, "chat_template", None),
-    )
+    """The processor of a model of `family` saved at `path` (the family decides how to load it)."""
+    from vlalign.models.families import family as family_of_name
+
+    return family_of_name(family).load_processor(str(path), trust_remote_code, revision)
+
+
+def __getattr__(name: str):
+    """`<Stock>ImageOnlyProcessor` for any transformers `<Stock>Processor` (e.g.
+    Qwen2VLImageOnlyProcessor): the classes `image_only` makes live here by name, so processors
+    pickle by reference and unpickle in a fresh process (Ray workers, dataloader workers)."""
+    if name.endswith("ImageOnlyProcessor"):
+        import transformers
+
+        stock = name.removesuffix("ImageOnlyProcessor") + "Processor"
+        base = getattr(transformers, stock, None)
+        if base is not None:
+            return image_only(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
