@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_pipeline.collate import collate_pairs
 from data_pipeline.transforms import encode_one
+from vlalign.catalog import builtin_models
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.errors import VlalignError
 from vlalign.methods import packing
@@ -57,7 +58,7 @@ def _grads(model, fn) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_packed_equals_unshared(name, model_cache):
     built, model, batch = _policy(name, model_cache)
     pad = built.processor.tokenizer.pad_token_id

@@ -57,8 +57,9 @@ class PackedPairs:
     allowed [B, T, T] bool (query, key) visibility; labels [B, T]: the label of every chosen token
     and of every rejected token but the first, at its own position, -100 elsewhere; side [B, T]:
     1 on chosen tokens, 2 on rejected tokens, 0 elsewhere; prefix_lens [B]; first_rejected [B]:
-    the label of r_0 (-100 when the rejected response is empty); mm_token_type_ids [B, T] when
-    the batch carries them (Qwen2-VL).
+    the label of r_0 (-100 when the rejected response is empty); token_types [B, T] (the prefix's
+    modality ids, 0 on responses) under the model's kwarg `token_type_key`, when the batch
+    carries them (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids).
     """
 
     input_ids: Tensor
@@ -68,13 +69,12 @@ class PackedPairs:
     side: Tensor
     prefix_lens: Tensor
     first_rejected: Tensor
-    mm_token_type_ids: Tensor | None = None
+    token_types: Tensor | None = None
+    token_type_key: str | None = None
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
         """[B, 1, T, T] float mask: 0 where a query may attend a key, dtype's min elsewhere."""
-        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        mask.masked_fill_(~self.allowed, torch.finfo(dtype).min)
-        return mask.unsqueeze(1)
+        return additive(self.allowed, dtype)
 
 
 def shared_prefix_lens(batch: dict) -> Tensor:
