@@ -72,7 +72,7 @@ def test_collate_shapes_and_masks(samples, model_cache, name):
     if "image_grid_thw" in fam.image_keys:  # Qwen: patches of all images + their grids
         assert p["image_grid_thw"].shape == (4, 3)
         assert p["pixel_values"].shape[0] == int(p["image_grid_thw"].prod(-1).sum())
-    elif fam.nested_images:  # Idefics3: [B, sub-images, 3, H, W]
+    elif "pixel_attention_mask" in fam.image_keys:  # Idefics3: [B, sub-images, 3, H, W]
         assert p["pixel_values"].shape[:3] == (4, 1, 3)
     else:  # LLaVA, Gemma 3: [images, 3, H, W]
         assert p["pixel_values"].shape == (4, 3, 32, 32)
@@ -83,7 +83,9 @@ def test_collate_shapes_and_masks(samples, model_cache, name):
 
 
 @pytest.mark.parametrize("name", list(builtin_models()))
-def test_batched_encoding_equals_per_sample_and_runs_in_the_model(samples, model_cache, name):
+def test_batched_encoding_equals_per_sample_and_runs_in_the_model(
+    samples, model_cache, name, monkeypatch
+):
     from vlalign.config.schema import ModelConfig
     from vlalign.models.builder import build
 
@@ -103,7 +105,13 @@ def test_batched_encoding_equals_per_sample_and_runs_in_the_model(samples, model
                 else:
                     assert v == b[k], k
     model = build(ModelConfig(name=name, cache_dir=model_cache)).model.eval()
-    batch = collate_pairs(encode_batch(enc, samples[:4], "preference"), enc.tokenizer.pad_token_id)
+    from data_pipeline import transforms
+
+    one_by_one = []
+    monkeypatch.setattr(transforms, "_safe_one", lambda *a: one_by_one.append(a))
+    examples = encode_batch(enc, samples[:4], "preference")  # 1- and 2-image samples
+    assert one_by_one == []  # one processor call: the family's image layout splits back
+    batch = collate_pairs(examples, enc.tokenizer.pad_token_id)
     if name == "tiny-idefics3":
         assert batch["pixel_values"].shape[:2] == (4, 2) and batch["pixel_attention_mask"].shape[
             :2

@@ -10,7 +10,8 @@ Quirks, all handled here:
 - image tokens attend to each other bidirectionally within an image: the LM takes
   token_type_ids [T] (1 on soft image tokens) and builds that mask itself; packed rows get the
   same visibility from `packed_attention_mask`, with the sliding window applied by position.
-Images: pixel_values [n_images, 3, H, W], a flat list (pan-and-scan crops are off by default).
+Images: given to the processor as one list per sample; pixel_values [n_images, 3, H, W] (pan-and-
+scan crops are off by default).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Gemma3Family(Family):
 
     name = "gemma3"
     image_keys = ("pixel_values",)
+    nested_images = True  # a batch's images: one list per prompt (a flat list is one prompt's)
     token_type_key = "token_type_ids"
     prompt_kwargs = {"add_special_tokens": False}
 
