@@ -4,8 +4,8 @@ Padding is on the right. B = examples, T = longest sequence in the batch.
 
 `collate_sft(examples, pad_id)`:
     input_ids [B, T] (pad_id), attention_mask [B, T] (1 on tokens), labels [B, T] (-100 on
-    prompt, image and pad), mm_token_type_ids [B, T] when the examples carry it (Qwen2-VL: 1 on
-    image tokens), image tensors (below), prompt_lens [B], keys list[str], n_examples,
+    prompt, image and pad), the per-token modality ids [B, T] when the examples carry them
+    (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids: 1 on image tokens), image tensors (below), prompt_lens [B], keys list[str], n_examples,
     n_truncated (response tokens cut), n_image_tokens (image tokens in the batch's sequences),
     n_tokens (non-pad tokens).
 
@@ -17,7 +17,8 @@ Padding is on the right. B = examples, T = longest sequence in the batch.
     n_image_tokens and n_tokens over chosen + rejected.
 
 Image tensors, batched the way each family's model takes them:
-    LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample)
+    LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample);
+              Gemma 3 the same
     Qwen2-VL  pixel_values [sum patches, D] + image_grid_thw [sum images, 3] (= [B, 3])
     Idefics3  pixel_values [B, N, 3, H, W] + pixel_attention_mask [B, N, H, W] (N = the most
               sub-images of any sample; missing ones are zero images with a zero mask)

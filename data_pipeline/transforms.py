@@ -5,14 +5,15 @@ image token, and truncation cuts the response tail (counted in `truncated`), nev
 tokens. Examples (what `data_pipeline.collate` batches):
 
     sft:        {"key", "input_ids" [T], "labels" [T], "image_inputs" {name: tensor},
-                 "prompt_len", "truncated", "n_image_tokens", ["mm_token_type_ids" [T]]}
+                 "prompt_len", "truncated", "n_image_tokens", [TT [T]]}
     preference: {"key", "chosen_input_ids" [Tc], "chosen_labels" [Tc], "rejected_input_ids" [Tr],
                  "rejected_labels" [Tr], "image_inputs", "prompt_len", "truncated",
-                 "n_image_tokens", ["chosen_mm_token_type_ids" [Tc], "rejected_mm_token_type_ids"]}
+                 "n_image_tokens", ["chosen_" TT [Tc], "rejected_" TT [Tr]]}
 
-`image_inputs` holds one sample's image tensors as the processor makes them (LLaVA
-pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] + image_grid_thw [n_img, 3];
-Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask [1, N, H, W]).
+`image_inputs` holds one sample's image tensors as the processor makes them, under the family's
+`image_keys` (LLaVA, Gemma 3 pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] +
+image_grid_thw [n_img, 3]; Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask
+[1, N, H, W]).
 TT, the per-token modality ids (1 on image tokens), is added for families whose LM takes them
 under the family's `token_type_key` (Qwen2-VL: mm_token_type_ids; Gemma 3: token_type_ids).
 

@@ -43,6 +43,7 @@ from vlalign.methods.forward import (
     token_type_inputs,
 )
 from vlalign.models.families import Family, family_of
+from vlalign.models.families.base import additive
 from vlalign.models.inputs import IGNORE_INDEX
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")

@@ -76,7 +76,9 @@ class Family:
         """Modality ids [..., T] of `input_ids` [..., T]: 1 on image tokens, 0 elsewhere."""
         return (input_ids == image_token_id).long()
 
-    def load_processor(self, path: str, trust_remote_code: bool = False, revision: str | None = None):
+    def load_processor(
+        self, path: str, trust_remote_code: bool = False, revision: str | None = None
+    ):
         """The processor saved at `path` (a directory or hub id)."""
         from transformers import AutoProcessor
 
