@@ -32,14 +32,17 @@ class BuiltModel:
 
 
 def tiny_spec(cfg: ModelConfig) -> TinySpec:
-    """The built-in spec a model config names."""
-    return TinySpec(name=cfg.name, seed=cfg.seed, size=cfg.size, image_size=cfg.image_size)
+    """The built-in spec a model config names (the image size defaults per family)."""
+    fam = family_named(BUILTIN_FAMILY[cfg.name])
+    px = cfg.image_size or fam.tiny_image_size
+    return TinySpec(name=cfg.name, seed=cfg.seed, size=cfg.size, image_size=px)
 
 
 def resolve_source(cfg: ModelConfig) -> str:
     """Materialize a built-in (once) and return the directory or hub id to load from."""
     if cfg.name in BUILTIN_MODELS:
-        return str(materialize(tiny_spec(cfg), cfg.cache_dir))
+        fam = family_named(BUILTIN_FAMILY[cfg.name])
+        return str(materialize(tiny_spec(cfg), fam.tiny, cfg.cache_dir))
     return cfg.name
 
 

@@ -3,7 +3,7 @@
 Each is a genuine model of its family (same classes as the published checkpoints), small enough
 to train on a laptop CPU, with a locally trained tokenizer and the matching processor. The
 family module (`vlalign/models/families/<name>.py`) says how its twin is configured
-(`Family.tiny`); this module holds what they share: the sizes, the Llama text config, building
+(`Family.tiny`, passed in as `make`); this module holds what they share: the sizes, the Llama text config, building
 with seeded random weights, and `materialize()`, which writes one to a cache directory once
 (safetensors), so every process and Ray worker loads identical weights.
 """
@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, LlamaConfig, PreTrainedModel
 
-from vlalign import catalog
 from vlalign.cache import cache_dir
 
 FORMAT_VERSION = 1  # bump when a built-in's construction changes: invalidates caches
@@ -32,27 +32,19 @@ SIZES = {
 }
 
 
-def _family(builtin: str):
-    from vlalign.models.families import family
-
-    return family(catalog.builtin_models()[builtin])
-
-
 @dataclass(frozen=True)
 class TinySpec:
-    """What identifies a built-in tiny model's weights."""
+    """What identifies a built-in tiny model's weights (image_size: the family's default unless
+    the recipe sets model.image_size; `vlalign.models.builder.tiny_spec` resolves it)."""
 
     name: str
     seed: int = 0
     size: str = "nano"
-    image_size: int | None = None
-
-    def default_image_size(self) -> int:
-        return _family(self.name).tiny_image_size
+    image_size: int = 32
 
     @property
     def resolved_image_size(self) -> int:
-        return self.image_size or self.default_image_size()
+        return self.image_size
 
     @property
     def sizes(self) -> dict:
@@ -79,9 +71,16 @@ def llama_text_config(vocab: int, s: dict, **extra) -> LlamaConfig:
     )
 
 
-def build_tiny(spec: TinySpec) -> tuple[PreTrainedModel, object]:
-    """Build a tiny model with random weights from `spec.seed`, and its processor (in memory)."""
-    cfg, proc = _family(spec.name).tiny(spec)
+TwinMaker = Callable[[TinySpec], tuple[object, object]]
+"""spec -> (transformers config, processor): a family's `Family.tiny`."""
+
+
+def build_tiny(spec: TinySpec, make: TwinMaker) -> tuple[PreTrainedModel, object]:
+    """Build a tiny model with random weights from `spec.seed`, and its processor (in memory).
+
+    `make` gives its config and processor (the family's `Family.tiny`).
+    """
+    cfg, proc = make(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32)
     model.generation_config.pad_token_id = proc.tokenizer.pad_token_id
@@ -94,14 +93,17 @@ def default_cache_dir() -> Path:
     return cache_dir("models")
 
 
-def materialize(spec: TinySpec, cache_dir: str | Path | None = None) -> Path:
-    """Save a built-in model once to `cache_dir/spec.key` (atomically) and return its path."""
+def materialize(spec: TinySpec, make: TwinMaker, cache_dir: str | Path | None = None) -> Path:
+    """Save a built-in model once to `cache_dir/spec.key` (atomically) and return its path.
+
+    `make` is the family's `Family.tiny` (see `build_tiny`).
+    """
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / spec.key
     if (target / "vlalign_builtin.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    model, proc = build_tiny(spec)
+    model, proc = build_tiny(spec, make)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.key}.", dir=root))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

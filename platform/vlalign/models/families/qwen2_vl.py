@@ -50,7 +50,7 @@ class Qwen2VLFamily(Family):
 
     def load_processor(self, path, trust_remote_code=False, revision=None):
         """AutoProcessor where torchvision exists, else the image-only processor."""
-        from vlalign.models.processors import has_torchvision, load_image_only
+        from vlalign.models.families.image_only import has_torchvision, load_image_only
 
         if has_torchvision():
             return super().load_processor(path, trust_remote_code, revision)
@@ -117,7 +117,7 @@ class Qwen2VLFamily(Family):
             Qwen2VLImageProcessorPil,
         )
 
-        from vlalign.models.processors import image_only
+        from vlalign.models.families.image_only import image_only
         from vlalign.models.tokenizer import train_tokenizer
 
         px, patch, s = spec.resolved_image_size, 8, spec.sizes
