@@ -38,10 +38,11 @@ def _find(model: nn.Module, leaf_names: tuple[str, ...]) -> str | None:
 
 def lm_prefix(model: nn.Module) -> str:
     """Qualified name of the language-model submodule (e.g. `model.language_model`)."""
-    found = _find(model, _names(model, "lm_names"))
+    names = _names(model, "lm_names")
+    found = _find(model, names)
     if found is None:
         raise VlalignError(
-            "cannot locate the language model inside this VLM (no language_model/text_model)"
+            f"cannot locate the language model inside this VLM (no module named {'/'.join(names)})"
         )
     return found
 
