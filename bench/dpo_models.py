@@ -193,8 +193,9 @@ def published_config_and_processor(shape: str, image_size: int, shrink: bool = F
         Qwen2VLImageProcessorPil,
     )
 
+    from vlalign.models.families.llava import LLAVA_TEMPLATE
+    from vlalign.models.families.qwen2_vl import QWEN_SPECIALS, QWEN_TEMPLATE
     from vlalign.models.processors import Qwen2VLImageOnlyProcessor
-    from vlalign.models.tiny import LLAVA_TEMPLATE, QWEN_SPECIALS, QWEN_TEMPLATE
     from vlalign.models.tokenizer import train_tokenizer
 
     if shape == "llava-1.5-7b":

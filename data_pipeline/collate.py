@@ -4,20 +4,21 @@ Padding is on the right. B = examples, T = longest sequence in the batch.
 
 `collate_sft(examples, pad_id)`:
     input_ids [B, T] (pad_id), attention_mask [B, T] (1 on tokens), labels [B, T] (-100 on
-    prompt, image and pad), mm_token_type_ids [B, T] when the examples carry it (Qwen2-VL: 1 on
-    image tokens), image tensors (below), prompt_lens [B], keys list[str], n_examples,
+    prompt, image and pad), the per-token modality ids [B, T] when the examples carry them
+    (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids: 1 on image tokens), image tensors (below), prompt_lens [B], keys list[str], n_examples,
     n_truncated (response tokens cut), n_image_tokens (image tokens in the batch's sequences),
     n_tokens (non-pad tokens).
 
 `collate_pairs(examples, pad_id)`:
     chosen_input_ids / chosen_attention_mask / chosen_labels [B, Tc], rejected_* [B, Tr],
-    chosen_mm_token_type_ids / rejected_mm_token_type_ids when present, the image tensors ONCE
+    chosen_/rejected_ modality ids when present, the image tensors ONCE
     per pair (same layout as SFT with B pairs: chosen and rejected of pair i share image i, so
     the vision tower can run once per pair), prompt_lens [B], keys, n_examples, n_truncated,
     n_image_tokens and n_tokens over chosen + rejected.
 
 Image tensors, batched the way each family's model takes them:
-    LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample)
+    LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample);
+              Gemma 3 the same
     Qwen2-VL  pixel_values [sum patches, D] + image_grid_thw [sum images, 3] (= [B, 3])
     Idefics3  pixel_values [B, N, 3, H, W] + pixel_attention_mask [B, N, H, W] (N = the most
               sub-images of any sample; missing ones are zero images with a zero mask)
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from vlalign.errors import DataError
-from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.inputs import IGNORE_INDEX, TOKEN_TYPE_KEYS
 
 
 def pad_right(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -82,9 +83,10 @@ def _sequences(examples: list[dict], prefix: str, pad_id: int) -> dict[str, torc
         ).long(),
         f"{prefix}labels": pad_right([ex[f"{prefix}labels"] for ex in examples], IGNORE_INDEX),
     }
-    mm = f"{prefix}mm_token_type_ids"
-    if mm in examples[0]:
-        out[mm] = pad_right([ex[mm] for ex in examples], 0)
+    for key in TOKEN_TYPE_KEYS:  # per-token modality ids, for families whose LM takes them
+        tt = f"{prefix}{key}"
+        if tt in examples[0]:
+            out[tt] = pad_right([ex[tt] for ex in examples], 0)
     return out
 
 

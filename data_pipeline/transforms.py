@@ -5,15 +5,17 @@ image token, and truncation cuts the response tail (counted in `truncated`), nev
 tokens. Examples (what `data_pipeline.collate` batches):
 
     sft:        {"key", "input_ids" [T], "labels" [T], "image_inputs" {name: tensor},
-                 "prompt_len", "truncated", "n_image_tokens", ["mm_token_type_ids" [T]]}
+                 "prompt_len", "truncated", "n_image_tokens", [TT [T]]}
     preference: {"key", "chosen_input_ids" [Tc], "chosen_labels" [Tc], "rejected_input_ids" [Tr],
                  "rejected_labels" [Tr], "image_inputs", "prompt_len", "truncated",
-                 "n_image_tokens", ["chosen_mm_token_type_ids" [Tc], "rejected_mm_token_type_ids"]}
+                 "n_image_tokens", ["chosen_" TT [Tc], "rejected_" TT [Tr]]}
 
-`image_inputs` holds one sample's image tensors as the processor makes them (LLaVA
-pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] + image_grid_thw [n_img, 3];
-Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask [1, N, H, W]).
-`mm_token_type_ids` (1 on image tokens) is added when the family's processor produces it.
+`image_inputs` holds one sample's image tensors as the processor makes them, under the family's
+`image_keys` (LLaVA, Gemma 3 pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] +
+image_grid_thw [n_img, 3]; Idefics3 pixel_values [1, N, 3, H, W] + pixel_attention_mask
+[1, N, H, W]).
+TT, the per-token modality ids (1 on image tokens), is added for families whose LM takes them
+under the family's `token_type_key` (Qwen2-VL: mm_token_type_ids; Gemma 3: token_type_ids).
 
 Training kind "sft" reads SFT records (response) and preference / eval records (chosen as the
 response); kind "preference" reads preference records and eval records that carry a pair;
@@ -37,7 +39,6 @@ from vlalign.errors import DataError
 from vlalign.models.inputs import TEXT_KEYS, ChatEncoder, EncodedPrompt
 
 TRAIN_KINDS = ("sft", "preference", "unpaired", "prompts")
-_NESTED_IMAGES = ("idefics3", "smolvlm")  # processor wants images as one list per sample
 
 
 def _where(sample: dict) -> str:
@@ -63,16 +64,6 @@ def texts_of(sample: dict, kind: str) -> tuple[str, ...]:
             raise DataError(f"{_where(sample)}: a preference example needs chosen and rejected")
         return (sample["chosen"], sample["rejected"])
     raise DataError(f"training kind must be one of {TRAIN_KINDS}, got {kind!r}")
-
-
-def produces_mm_token_types(encoder: ChatEncoder) -> bool:
-    """Does the family's processor return mm_token_type_ids (Qwen2-VL does)?"""
-    cached = getattr(encoder, "_vlalign_mm_types", None)
-    if cached is None:
-        out = encoder.processor(text=[encoder.prompt_text("x", 0)], return_tensors="pt")
-        cached = "mm_token_type_ids" in out
-        encoder._vlalign_mm_types = cached  # type: ignore[attr-defined]
-    return cached
 
 
 _PROBE = "VLALIGNPROMPT"
@@ -104,10 +95,9 @@ def fast_prompt_text(encoder: ChatEncoder, prompt: str, n_images: int) -> str:
 def _finish(encoder: ChatEncoder, ex: dict, key: str, kind: str, prompt_ids: torch.Tensor) -> dict:
     ex["key"] = key
     ex["n_image_tokens"] = int((prompt_ids == encoder.image_token_id).sum())
-    if produces_mm_token_types(encoder):
-        for pre in ("",) if kind == "sft" else ("chosen_", "rejected_"):
-            ids = ex[f"{pre}input_ids"]
-            ex[f"{pre}mm_token_type_ids"] = (ids == encoder.image_token_id).long()
+    for pre in ("",) if kind == "sft" else ("chosen_", "rejected_"):
+        for k, v in encoder.token_types(ex[f"{pre}input_ids"]).items():
+            ex[f"{pre}{k}"] = v
     return ex
 
 
@@ -150,7 +140,7 @@ def make_transform(
 
 
 def _split_images(
-    family: str, enc: dict, n_images: list[int]
+    image_keys: tuple[str, ...], enc: dict, n_images: list[int]
 ) -> list[dict[str, torch.Tensor]] | None:
     """Per-sample image tensors out of one batched processor output (None: unknown layout)."""
     img = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
@@ -178,7 +168,7 @@ def _split_images(
                 return None
             out.append(d)
         return out
-    if set(img) - {"pixel_values", "image_grid_thw", "image_sizes"}:
+    if set(img) - set(image_keys):
         return None
     grid = img.get("image_grid_thw")
     if grid is not None:  # Qwen2-VL: patches of all images in order, [sum patches, D]
@@ -256,13 +246,13 @@ def _encode_images_batch(
     prompts = [
         fast_prompt_text(encoder, samples[i]["prompt"], len(samples[i]["images"])) for i in todo
     ]
-    if encoder.family in _NESTED_IMAGES:
-        images: list = [samples[i]["images"] for i in todo]
-    else:
-        images = [im for i in todo for im in samples[i]["images"]]
+    fam = encoder.model_family
+    images = fam.processor_images([samples[i]["images"] for i in todo])
     try:
-        enc = proc(text=prompts, images=images, return_tensors="pt", padding=True)
-        split = _split_images(encoder.family, enc, [len(samples[i]["images"]) for i in todo])
+        enc = proc(
+            text=prompts, images=images, return_tensors="pt", padding=True, **fam.prompt_kwargs
+        )
+        split = _split_images(fam.image_keys, enc, [len(samples[i]["images"]) for i in todo])
     except Exception:
         split = None
     if split is None:  # unknown layout or a bad sample in the batch: isolate it

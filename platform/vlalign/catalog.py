@@ -200,7 +200,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         FamilyInfo(
             "qwen2_5_vl",
             ("qwen2_5_vl",),
-            None,
+            "tiny-qwen2.5-vl",
             "Qwen2.5-VL: windowed-attention vision tower with SwiGLU blocks, M-RoPE",
             "vlalign.models.families.qwen2_5_vl",
         ),
@@ -217,6 +217,13 @@ FAMILIES: dict[str, FamilyInfo] = {
             None,
             "SmolVLM: the Idefics3 architecture with a small LM",
             "vlalign.models.families.smolvlm",
+        ),
+        FamilyInfo(
+            "gemma3",
+            ("gemma3",),
+            "tiny-gemma3",
+            "Gemma 3: SigLIP + pooled projector, Gemma 3 LM; bidirectional attention within images",
+            "vlalign.models.families.gemma3",
         ),
     )
 }

@@ -54,9 +54,7 @@ def test_grpo_family_trains_and_reports(tmp_path, shards, model_cache, loss):
         method.update(epsilon_high=0.28, filter_ties=True, overlong_cache=2)
     if loss == "rloo":
         method.update(kl_in_reward=True, kl_estimator="k1")
-    res = run_training(
-        recipe(tmp_path, shards, model_cache, f"g-{loss}", method, {"max_steps": 2})
-    )
+    res = run_training(recipe(tmp_path, shards, model_cache, f"g-{loss}", method, {"max_steps": 2}))
     m = res.metrics[-1]
     for key in (
         "reward/mean",

@@ -1,4 +1,5 @@
-"""The training core on the tiny LLaVA, fp32, CPU: learning, equivalences, resume, export, reference.
+"""The training core on the tiny LLaVA (export and packing on every built-in family), fp32, CPU:
+learning, equivalences, resume, export, reference.
 
 Every run here is a real DeepSpeed engine over a gloo group; multi-rank runs spawn local
 processes (`launch_local`). Losses are compared, never timed.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlalign.catalog import builtin_models
 from vlalign.config import Recipe
 from vlalign.training.context import TrainContext
 from vlalign.training.export import load_exported
@@ -25,10 +27,10 @@ def shards(tmp_path_factory) -> str:
     return str(out)
 
 
-def recipe(tmp_path, shards, model_cache, name="t", **sections) -> Recipe:
+def recipe(tmp_path, shards, model_cache, name="t", model="tiny-llava", **sections) -> Recipe:
     base = {
         "name": name,
-        "model": {"name": "tiny-llava", "cache_dir": model_cache},
+        "model": {"name": model, "cache_dir": model_cache},
         "peft": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head", "norm"]},
         "data": {"train": shards, "max_length": 96, "shuffle_buffer": 0},
         "method": {"name": "dpo", "beta": 0.1, "reference_cache_dir": str(tmp_path / "refcache")},
@@ -125,16 +127,18 @@ def test_resume_equals_uninterrupted(tmp_path, shards, model_cache):
     assert rest.metrics[-1]["lr"] == pytest.approx(full.metrics[-1]["lr"])
 
 
-def test_exported_adapter_reloads_with_identical_outputs(tmp_path, shards, model_cache):
+@pytest.mark.parametrize("builtin", list(builtin_models()))
+def test_exported_adapter_reloads_with_identical_outputs(tmp_path, shards, model_cache, builtin):
     from data_pipeline.reader import TrainLoader
+    from vlalign.methods.forward import image_inputs, token_type_inputs
     from vlalign.models.inputs import ChatEncoder
 
-    r = recipe(tmp_path, shards, model_cache, "exp", method={"name": "sft"})
+    r = recipe(tmp_path, shards, model_cache, "exp", model=builtin, method={"name": "sft"})
     res = run_training(r)
     assert (res.export_dir / "adapter_model.safetensors").is_file()
     model, processor, rec = load_exported(res.export_dir)
     assert rec.name == "exp"
-    enc = ChatEncoder(processor, "llava", 96)
+    enc = ChatEncoder(processor, r.family, 96)
     batch = next(
         iter(
             TrainLoader(
@@ -142,7 +146,12 @@ def test_exported_adapter_reloads_with_identical_outputs(tmp_path, shards, model
             )
         )
     )
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        **image_inputs(batch),
+        **token_type_inputs(batch),
+    }
     with torch.no_grad():
         out = model(**inputs).logits
         # Same weights as training ended with: rebuild the trained model from the last checkpoint.
@@ -210,14 +219,18 @@ def test_two_ranks_zero_reproduce_single_process(tmp_path, shards, model_cache, 
     assert two.losses == pytest.approx(single.losses, abs=1e-5)
 
 
-def test_packed_prefix_training_equals_unpacked(tmp_path, shards, model_cache):
-    plain = run_training(recipe(tmp_path, shards, model_cache, "plain", train={"max_steps": 3}))
+@pytest.mark.parametrize("builtin", list(builtin_models()))
+def test_packed_prefix_training_equals_unpacked(tmp_path, shards, model_cache, builtin):
+    plain = run_training(
+        recipe(tmp_path, shards, model_cache, "plain", model=builtin, train={"max_steps": 3})
+    )
     packed = run_training(
         recipe(
             tmp_path,
             shards,
             model_cache,
             "packed",
+            model=builtin,
             train={"max_steps": 3},
             method={"pack_prefix": True},
         )

@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_pipeline.collate import collate_pairs
 from data_pipeline.transforms import encode_one
+from vlalign.catalog import builtin_models
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.errors import VlalignError
 from vlalign.methods import packing
@@ -57,7 +58,7 @@ def _grads(model, fn) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_packed_equals_unshared(name, model_cache):
     built, model, batch = _policy(name, model_cache)
     pad = built.processor.tokenizer.pad_token_id
@@ -82,7 +83,7 @@ def test_packed_eager_attention_and_shared_features(model_cache):
     assert built.model.config.get_text_config()._attn_implementation == "eager"
     pad = built.processor.tokenizer.pad_token_id
     ref_c, ref_r = pair_forward(model, batch, pad, NAIVE)
-    from vlalign.methods.forward import encode_images, image_inputs
+    from vlalign.models.pair_inputs import encode_images, image_inputs
 
     feats = encode_images(model, image_inputs(batch))
     c, r = packed_pair_forward(model, batch, pad, PairOptions(), feats)

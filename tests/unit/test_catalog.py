@@ -83,6 +83,9 @@ def test_every_family_validates_and_its_built_in_resolves(name):
         assert Recipe(model={"name": info.builtin}).family == name
     for model_type in info.model_types:
         assert catalog.family_of_model_type(model_type) == name
+    from vlalign.models.families import family
+
+    assert family(name) is importlib.import_module(info.module).FAMILY
 
 
 def test_shipped_recipes_say_what_they_train():

@@ -12,8 +12,9 @@ from data_pipeline.reader import iter_samples
 from data_pipeline.skips import SkipCounter
 from data_pipeline.synth import synthesize
 from data_pipeline.transforms import encode_batch, encode_one, make_batch_transform, make_transform
+from vlalign.catalog import builtin_models
 from vlalign.errors import DataError
-from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.inputs import IGNORE_INDEX, TOKEN_TYPE_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,14 @@ def _check_sequences(batch: dict, prefix: str, examples: list[dict], enc, pad_id
         assert torch.equal(labels[i, p:n], ids[i, p:n])  # the response is learned
         assert (labels[i][ids[i] == enc.image_token_id] == IGNORE_INDEX).all()
         assert (ids[i, :p] == enc.image_token_id).sum() == ex["n_image_tokens"] > 0
-        if f"{prefix}mm_token_type_ids" in batch:
-            assert torch.equal(
-                batch[f"{prefix}mm_token_type_ids"][i, :n],
-                (ids[i, :n] == enc.image_token_id).long(),
-            )
+        for key in TOKEN_TYPE_KEYS:
+            if f"{prefix}{key}" in batch:
+                assert torch.equal(
+                    batch[f"{prefix}{key}"][i, :n], (ids[i, :n] == enc.image_token_id).long()
+                )
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_collate_shapes_and_masks(samples, model_cache, name):
     enc = encoder_for(name, model_cache)
     pad = enc.tokenizer.pad_token_id
@@ -67,17 +68,24 @@ def test_collate_shapes_and_masks(samples, model_cache, name):
     )
     assert b["n_tokens"] == int(b["attention_mask"].sum()) and b["n_truncated"] == 0
     assert p["n_image_tokens"] == 2 * sum(e["n_image_tokens"] for e in pairs)
-    if name == "tiny-llava":  # one image tensor per pair, shared by chosen and rejected
-        assert p["pixel_values"].shape == (4, 3, 32, 32) and "mm_token_type_ids" not in b
-    else:
+    fam = enc.model_family  # one image tensor per pair, shared by chosen and rejected
+    if "image_grid_thw" in fam.image_keys:  # Qwen: patches of all images + their grids
         assert p["image_grid_thw"].shape == (4, 3)
         assert p["pixel_values"].shape[0] == int(p["image_grid_thw"].prod(-1).sum())
-        assert "mm_token_type_ids" in b and "chosen_mm_token_type_ids" in p
+    elif "pixel_attention_mask" in fam.image_keys:  # Idefics3: [B, sub-images, 3, H, W]
+        assert p["pixel_values"].shape[:3] == (4, 1, 3)
+    else:  # LLaVA, Gemma 3: [images, 3, H, W]
+        assert p["pixel_values"].shape == (4, 3, 32, 32)
+    tt = fam.token_type_key
+    assert {k for k in TOKEN_TYPE_KEYS if k in b} == ({tt} if tt else set())
+    assert not tt or (f"chosen_{tt}" in p and f"rejected_{tt}" in p)
     assert torch.equal(p["pixel_values"], b["pixel_values"])
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
-def test_batched_encoding_equals_per_sample_and_runs_in_the_model(samples, model_cache, name):
+@pytest.mark.parametrize("name", list(builtin_models()))
+def test_batched_encoding_equals_per_sample_and_runs_in_the_model(
+    samples, model_cache, name, monkeypatch
+):
     from vlalign.config.schema import ModelConfig
     from vlalign.models.builder import build
 
@@ -97,7 +105,13 @@ def test_batched_encoding_equals_per_sample_and_runs_in_the_model(samples, model
                 else:
                     assert v == b[k], k
     model = build(ModelConfig(name=name, cache_dir=model_cache)).model.eval()
-    batch = collate_pairs(encode_batch(enc, samples[:4], "preference"), enc.tokenizer.pad_token_id)
+    from data_pipeline import transforms
+
+    one_by_one = []
+    monkeypatch.setattr(transforms, "_safe_one", lambda *a: one_by_one.append(a))
+    examples = encode_batch(enc, samples[:4], "preference")  # 1- and 2-image samples
+    assert one_by_one == []  # one processor call: the family's image layout splits back
+    batch = collate_pairs(examples, enc.tokenizer.pad_token_id)
     if name == "tiny-idefics3":
         assert batch["pixel_values"].shape[:2] == (4, 2) and batch["pixel_attention_mask"].shape[
             :2

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vlalign.catalog import builtin_models
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.evaluation.pairs import pair_logps, policy_implicit_rewards, reward_model_scores
 from vlalign.models import apply_peft, build
@@ -41,7 +42,7 @@ def llava(model_cache):
     return build(ModelConfig(name="tiny-llava", cache_dir=model_cache))
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_batch_size_does_not_change_answers(name, model_cache):
     """Left padding + attention mask: a prompt decodes the same alone and in a padded batch."""
     built = build(ModelConfig(name=name, cache_dir=model_cache))
@@ -116,9 +117,7 @@ def _manual_logp(model, enc, images, prompt, answer) -> float:
     """log p(answer | prompt) by hand: one forward, log_softmax, gather the response tokens."""
     ex = enc.sft_example(images, prompt, answer)
     ids, labels = ex["input_ids"][None], ex["labels"][None]
-    extra = dict(ex["image_inputs"])
-    if enc.family == "qwen2_vl":  # M-RoPE needs to know which tokens are image tokens
-        extra["mm_token_type_ids"] = (ids == enc.image_token_id).long()
+    extra = {**ex["image_inputs"], **enc.token_types(ids)}  # M-RoPE / Gemma 3 image attention
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits
     lp = torch.log_softmax(logits[0, :-1].double(), -1)
@@ -127,7 +126,7 @@ def _manual_logp(model, enc, images, prompt, answer) -> float:
     return float(lp[keep].gather(-1, tgt[keep][:, None]).sum())
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_implicit_rewards_match_a_manual_computation(name, model_cache):
     built = build(ModelConfig(name=name, cache_dir=model_cache))
     enc = ChatEncoder(built.processor, built.family, 256)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
+from vlalign.catalog import builtin_models
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.models import apply_peft, build, lm_prefix
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.models.lora import lora_targets, trainable_summary, vision_prefix
 
-FAMILIES = {"tiny-llava": "llava", "tiny-qwen2-vl": "qwen2_vl", "tiny-idefics3": "idefics3"}
+FAMILIES = builtin_models()  # every built-in tiny model -> its family, from the catalog
 
 
 def image(color=(200, 10, 10)) -> Image.Image:
@@ -23,8 +24,7 @@ def model_inputs(built, enc: ChatEncoder, response: str = "I can't help with tha
     batch = {"input_ids": ex["input_ids"][None], "labels": ex["labels"][None]}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch.update(ex["image_inputs"])
-    if built.family == "qwen2_vl":
-        batch["mm_token_type_ids"] = (batch["input_ids"] == enc.image_token_id).long()
+    batch.update(enc.token_types(batch["input_ids"]))  # Qwen M-RoPE, Gemma 3 image attention
     return batch
 
 
@@ -65,8 +65,10 @@ def test_prompt_is_exact_prefix_and_labels_mask_prompt_and_images(name, model_ca
         {"role": "assistant", "content": [{"type": "text", "text": response}]},
     ]
     full_text = built.processor.apply_chat_template(msgs, tokenize=False)
-    imgs = [[image()]] if built.family == "idefics3" else [image()]
-    full = built.processor(text=[full_text], images=imgs, return_tensors="pt")["input_ids"][0]
+    fam = enc.model_family
+    imgs = fam.processor_images([[image()]])
+    full = built.processor(text=[full_text], images=imgs, return_tensors="pt", **fam.prompt_kwargs)
+    full = full["input_ids"][0]
     assert full.tolist() == ex["input_ids"].tolist()
     p = ex["prompt_len"]
     assert (ex["labels"][:p] == IGNORE_INDEX).all()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_pipeline.collate import collate_pairs
 from data_pipeline.transforms import encode_one
+from vlalign.catalog import builtin_models
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.methods.forward import PairOptions, pair_forward
 from vlalign.models import apply_peft, build
@@ -34,7 +35,7 @@ def pair_batch(built, enc: ChatEncoder) -> dict:
     return collate_pairs(examples, built.processor.tokenizer.pad_token_id)
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("name", list(builtin_models()))
 def test_optimized_pair_forward_equals_naive(name, model_cache):
     built = build(ModelConfig(name=name, cache_dir=model_cache))
     enc = ChatEncoder(built.processor, built.family)

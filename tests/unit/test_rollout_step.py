@@ -11,9 +11,9 @@ from PIL import Image
 
 from vlalign.config.schema import ModelConfig, PeftConfig
 from vlalign.losses.policy import POLICY_LOSSES, group_normalized_advantages
-from vlalign.methods.forward import hf_model
 from vlalign.models import apply_peft, build
 from vlalign.models.lora import vision_prefix
+from vlalign.models.unwrap import unwrap
 from vlalign.rollout.engine import GenerationEngine, SamplingSettings, token_forward
 from vlalign.rollout.rewards import RefusalRule, RewardSample, score
 from vlalign.rollout.weights import apply_update, make_probe, make_update
@@ -62,8 +62,8 @@ def test_one_online_step_on_policy_then_sync(name: str, loss: str, model_cache) 
     adv = group_normalized_advantages(total, 4)
     assert adv.abs().sum() > 0
 
-    vp = vision_prefix(hf_model(policy))
-    vision = hf_model(policy).get_submodule(vp)
+    vp = vision_prefix(unwrap(policy))
+    vision = unwrap(policy).get_submodule(vp)
     calls: list[int] = []
     hook = vision.register_forward_hook(lambda m, a, o: calls.append(1))
     extra = r.forward_kwargs()
@@ -77,9 +77,7 @@ def test_one_online_step_on_policy_then_sync(name: str, loss: str, model_cache) 
     assert torch.equal(ref, r.old_logps)  # LoRA B = 0 and lm_head copy = base at init
     mask = r.response_mask
     assert (ent[~mask] == 0).all() and (ent[mask] > 0).all()
-    assert (
-        ent[mask] <= math.log(hf_model(policy).config.get_text_config().vocab_size) + 1e-4
-    ).all()
+    assert (ent[mask] <= math.log(unwrap(policy).config.get_text_config().vocab_size) + 1e-4).all()
 
     out = POLICY_LOSSES[loss].fn(new, r.old_logps, ref, mask, adv, kl_coef=0.04, entropy=ent)
     m = out.means()

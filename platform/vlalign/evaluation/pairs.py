@@ -62,8 +62,9 @@ def reward_model_scores(
         scores = []
         for side in ("chosen", "rejected"):
             ids = ex[f"{side}_input_ids"].unsqueeze(0).to(device)  # [1, T]
+            extra = {**images, **encoder.token_types(ids)}  # M-RoPE / image attention ids
             with torch.inference_mode():
-                scores.append(float(reward_model(ids, torch.ones_like(ids), **images)[0]))
+                scores.append(float(reward_model(ids, torch.ones_like(ids), **extra)[0]))
         out.append((scores[0], scores[1]))
     return out
 

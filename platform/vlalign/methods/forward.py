@@ -16,7 +16,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.logprobs import SequenceLogprobs, sequence_logprobs
-from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.inputs import IGNORE_INDEX, TOKEN_TYPE_KEYS
 from vlalign.models.pair_inputs import (
     PIXEL_KEYS,
     PairOptions,
@@ -24,6 +24,7 @@ from vlalign.models.pair_inputs import (
     image_inputs,
     repeat_features,
     repeat_images,
+    token_type_inputs,
 )
 
 
@@ -63,14 +64,15 @@ def _pad_to(x: Tensor, length: int, value: int) -> Tensor:
 
 
 def stack_pairs(batch: dict, pad_id: int) -> dict[str, Tensor]:
-    """chosen_* [B, Tc] and rejected_* [B, Tr] -> input_ids/attention_mask/labels [2B, T]."""
+    """chosen_* [B, Tc] and rejected_* [B, Tr] -> input_ids/attention_mask/labels [2B, T]
+    (and the per-token modality ids [2B, T] when the batch has them)."""
     T = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     out = {}
     for key, pad in (
         ("input_ids", pad_id),
         ("attention_mask", 0),
         ("labels", IGNORE_INDEX),
-        ("mm_token_type_ids", 0),
+        *((k, 0) for k in TOKEN_TYPE_KEYS),
     ):
         c, r = batch.get(f"chosen_{key}"), batch.get(f"rejected_{key}")
         if c is None:
@@ -91,8 +93,9 @@ def stacked_pair_inputs(
     images = image_inputs(batch)
     seq = stack_pairs(batch, pad_id)
     extra = repeat_images({k: v for k, v in images.items() if k not in PIXEL_KEYS}, 2)
-    if "mm_token_type_ids" in seq:
-        extra["mm_token_type_ids"] = seq.pop("mm_token_type_ids")
+    for k in TOKEN_TYPE_KEYS:
+        if k in seq:
+            extra[k] = seq.pop(k)
     if features is not None:
         extra["mm_encoder_outputs"] = {"image": repeat_features(features, 2)}
     else:
@@ -123,9 +126,7 @@ def pair_forward(
     if not opts.concatenate:
         results = []
         for side in ("chosen", "rejected"):
-            extra = dict(lm_image_keys)
-            if f"{side}_mm_token_type_ids" in batch:
-                extra["mm_token_type_ids"] = batch[f"{side}_mm_token_type_ids"]
+            extra = {**lm_image_keys, **token_type_inputs(batch, f"{side}_")}
             if opts.share_vision and features is not None:
                 extra["mm_encoder_outputs"] = {"image": features}
             else:

@@ -15,11 +15,13 @@ before it; r_j (j > 0) from the position before it in the rejected block.
 The shared prefix P of a pair is the longest run of identical, unscored leading tokens of its
 chosen and rejected sequences (the prompt, as `ChatEncoder.pair_example` builds it).
 
-Families: LLaVA and Idefics3 (Llama language models, 1-D positions) and Qwen2-VL / Qwen2.5-VL,
-whose M-RoPE positions [3, B, T] are taken from the model's own `get_rope_index` on the chosen and
-rejected sequences and spliced the same way. The mask goes to the model as an additive float
-tensor, which transformers passes through unchanged to the `sdpa` and `eager` attention
-implementations; flash-attention and flex-attention take no dense 4D mask and are refused.
+What differs per family comes from the family (`vlalign/models/families/`): the positions of
+the chosen and rejected sequences (`Family.position_ids`: 1-D for Llama-style LMs, Qwen's M-RoPE
+[3, B, T] from the model's own `get_rope_index`), spliced the same way; and the mask the LM takes
+(`Family.packed_attention_mask`: an additive float tensor, or Gemma 3's pair of full and
+sliding-window masks with bidirectional attention inside each image). Transformers passes dense
+masks unchanged to the `sdpa` and `eager` attention implementations; flash-attention and
+flex-attention take no dense 4D mask and are refused.
 """
 
 from __future__ import annotations
@@ -32,8 +34,16 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlalign.errors import VlalignError
 from vlalign.logprobs import SequenceLogprobs, token_logprobs_from_logits
+from vlalign.models.families import Family, family_of
+from vlalign.models.families.base import additive
 from vlalign.models.inputs import IGNORE_INDEX
-from vlalign.models.pair_inputs import PIXEL_KEYS, PairOptions, encode_images, image_inputs
+from vlalign.models.pair_inputs import (
+    PIXEL_KEYS,
+    PairOptions,
+    encode_images,
+    image_inputs,
+    token_type_inputs,
+)
 from vlalign.models.unwrap import unwrap
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -48,8 +58,9 @@ class PackedPairs:
     allowed [B, T, T] bool (query, key) visibility; labels [B, T]: the label of every chosen token
     and of every rejected token but the first, at its own position, -100 elsewhere; side [B, T]:
     1 on chosen tokens, 2 on rejected tokens, 0 elsewhere; prefix_lens [B]; first_rejected [B]:
-    the label of r_0 (-100 when the rejected response is empty); mm_token_type_ids [B, T] when
-    the batch carries them (Qwen2-VL).
+    the label of r_0 (-100 when the rejected response is empty); token_types [B, T] (the prefix's
+    modality ids, 0 on responses) under the model's kwarg `token_type_key`, when the batch
+    carries them (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids).
     """
 
     input_ids: Tensor
@@ -59,13 +70,12 @@ class PackedPairs:
     side: Tensor
     prefix_lens: Tensor
     first_rejected: Tensor
-    mm_token_type_ids: Tensor | None = None
+    token_types: Tensor | None = None
+    token_type_key: str | None = None
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
         """[B, 1, T, T] float mask: 0 where a query may attend a key, dtype's min elsewhere."""
-        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        mask.masked_fill_(~self.allowed, torch.finfo(dtype).min)
-        return mask.unsqueeze(1)
+        return additive(self.allowed, dtype)
 
 
 def shared_prefix_lens(batch: dict) -> Tensor:
@@ -92,25 +102,20 @@ def shared_prefix_lens(batch: dict) -> Tensor:
     return lens
 
 
+def _family(model: torch.nn.Module) -> Family:
+    return family_of(unwrap(model)) or Family()
+
+
 def _side_positions(model: torch.nn.Module, batch: dict, side: str) -> Tensor:
     """Position ids [B, T] (1-D RoPE) or [3, B, T] (M-RoPE) of one side's unshared sequences."""
-    ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
-    base = unwrap(model)
-    inner = getattr(base, "model", None)
-    if hasattr(inner, "get_rope_index"):
-        mm = batch.get(f"{side}_mm_token_type_ids")
-        if mm is None:
-            raise VlalignError(
-                f"packed prefix: this model uses M-RoPE and needs {side}_mm_token_type_ids in the batch"
-            )
-        pos, _ = inner.get_rope_index(
-            ids,
-            image_grid_thw=batch.get("image_grid_thw"),
-            attention_mask=mask,
-            mm_token_type_ids=mm,
-        )
-        return pos
-    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    tt = token_type_inputs(batch, f"{side}_")
+    return _family(model).position_ids(
+        unwrap(model),
+        batch[f"{side}_input_ids"],
+        batch[f"{side}_attention_mask"],
+        image_inputs(batch),
+        next(iter(tt.values()), None),
+    )
 
 
 def pack_pairs(model: torch.nn.Module, batch: dict, pad_id: int) -> PackedPairs:
@@ -128,7 +133,7 @@ def pack_pairs(model: torch.nn.Module, batch: dict, pad_id: int) -> PackedPairs:
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=dev)
     side = torch.zeros((B, T), dtype=torch.long, device=dev)
     pos = torch.zeros((3, B, T) if mrope else (B, T), dtype=torch.long, device=dev)
-    mm = batch.get("chosen_mm_token_type_ids")
+    tt_key, mm = next(iter(token_type_inputs(batch, "chosen_").items()), (None, None))
     mm_out = torch.zeros((B, T), dtype=mm.dtype, device=dev) if mm is not None else None
     first_rej = torch.full((B,), IGNORE_INDEX, dtype=torch.long, device=dev)
     for i in range(B):
@@ -155,7 +160,7 @@ def pack_pairs(model: torch.nn.Module, batch: dict, pad_id: int) -> PackedPairs:
     # rejected queries never see chosen keys; padding keys are never seen
     cross = (side == REJECTED)[:, :, None] & (side == CHOSEN)[:, None, :]
     allowed = causal[None] & valid[:, None, :] & ~cross
-    return PackedPairs(ids, pos, allowed, labels, side, P, first_rej, mm_out)
+    return PackedPairs(ids, pos, allowed, labels, side, P, first_rej, mm_out, tt_key)
 
 
 def _check_attention(model: torch.nn.Module) -> None:
@@ -192,16 +197,19 @@ def packed_pair_forward(
         extra["mm_encoder_outputs"] = {"image": features}
     else:
         extra.update({k: v for k, v in images.items() if k in PIXEL_KEYS})
-    if packed.mm_token_type_ids is not None:
-        extra["mm_token_type_ids"] = packed.mm_token_type_ids
+    if packed.token_types is not None:
+        extra[packed.token_type_key] = packed.token_types
     dtype = unwrap(model).get_input_embeddings().weight.dtype
     if torch.is_autocast_enabled(packed.input_ids.device.type):
         dtype = torch.get_autocast_dtype(packed.input_ids.device.type)
     T = packed.input_ids.shape[1]
     start = int(packed.prefix_lens.min()) - 1 if opts.keep_only_response else 0
+    mask = _family(model).packed_attention_mask(
+        unwrap(model), packed.allowed, packed.position_ids, packed.token_types, dtype
+    )
     out = model(
         input_ids=packed.input_ids,
-        attention_mask=packed.additive_mask(dtype),
+        attention_mask=mask,
         position_ids=packed.position_ids,
         logits_to_keep=torch.arange(start, T, device=packed.input_ids.device) if start else 0,
         use_cache=False,

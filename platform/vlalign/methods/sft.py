@@ -10,7 +10,7 @@ from vlalign.losses import resolve_loss
 from vlalign.methods.base import OfflineMethod, Run, StepOutput
 from vlalign.methods.forward import sequence_forward
 from vlalign.models.inputs import IGNORE_INDEX
-from vlalign.models.pair_inputs import image_inputs
+from vlalign.models.pair_inputs import image_inputs, token_type_inputs
 
 
 class Sft(OfflineMethod):
@@ -39,9 +39,7 @@ class Sft(OfflineMethod):
 
     def step(self, batch: dict) -> StepOutput:
         """Sum of response-token NLL over the micro-batch; count = response tokens."""
-        extra = image_inputs(batch)
-        if "mm_token_type_ids" in batch:
-            extra["mm_token_type_ids"] = batch["mm_token_type_ids"]
+        extra = {**image_inputs(batch), **token_type_inputs(batch)}
         lp = sequence_forward(
             self.model,
             batch["input_ids"],

@@ -12,18 +12,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
 
+from vlalign import catalog
 from vlalign.config.schema import BUILTIN_FAMILY, BUILTIN_MODELS, ModelConfig
 from vlalign.errors import VlalignError
-from vlalign.models.processors import load_processor
+from vlalign.models.families import family as family_named
 from vlalign.models.tiny import TinySpec, materialize
-
-_MODEL_TYPE_TO_FAMILY = {
-    "llava": "llava",
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "idefics3": "idefics3",
-    "smolvlm": "smolvlm",
-}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,14 +32,17 @@ class BuiltModel:
 
 
 def tiny_spec(cfg: ModelConfig) -> TinySpec:
-    """The built-in spec a model config names."""
-    return TinySpec(name=cfg.name, seed=cfg.seed, size=cfg.size, image_size=cfg.image_size)
+    """The built-in spec a model config names (the image size defaults per family)."""
+    fam = family_named(BUILTIN_FAMILY[cfg.name])
+    px = cfg.image_size or fam.tiny_image_size
+    return TinySpec(name=cfg.name, seed=cfg.seed, size=cfg.size, image_size=px)
 
 
 def resolve_source(cfg: ModelConfig) -> str:
     """Materialize a built-in (once) and return the directory or hub id to load from."""
     if cfg.name in BUILTIN_MODELS:
-        return str(materialize(tiny_spec(cfg), cfg.cache_dir))
+        fam = family_named(BUILTIN_FAMILY[cfg.name])
+        return str(materialize(tiny_spec(cfg), fam.tiny, cfg.cache_dir))
     return cfg.name
 
 
@@ -64,12 +60,13 @@ def detect_family(cfg: ModelConfig, source: str | None = None) -> str:
         model_type = AutoConfig.from_pretrained(
             src, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
         ).model_type
-    if model_type not in _MODEL_TYPE_TO_FAMILY:
+    found = catalog.family_of_model_type(model_type)
+    if found is None:
         raise VlalignError(
             f"model.name: {cfg.name!r} has model_type {model_type!r}, not a supported family "
-            f"({', '.join(sorted(set(_MODEL_TYPE_TO_FAMILY.values())))}); set model.family explicitly"
+            f"({', '.join(catalog.FAMILIES)}); set model.family explicitly"
         )
-    return _MODEL_TYPE_TO_FAMILY[model_type]
+    return found
 
 
 def build(cfg: ModelConfig, device: str | torch.device | None = None) -> BuiltModel:
@@ -86,7 +83,7 @@ def build(cfg: ModelConfig, device: str | torch.device | None = None) -> BuiltMo
         )
     except OSError as e:
         raise VlalignError(f"model.name: cannot load {cfg.name!r}: {e}") from None
-    processor = load_processor(source, family, cfg.trust_remote_code, cfg.revision)
+    processor = family_named(family).load_processor(source, cfg.trust_remote_code, cfg.revision)
     if device is not None:
         model.to(device)
     if cfg.gradient_checkpointing:

@@ -22,8 +22,6 @@ import torch
 from vlalign.errors import DataError
 from vlalign.models.inputs import ChatEncoder
 
-NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
-
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -67,12 +65,9 @@ def _batch_inputs(encoder: ChatEncoder, samples: Sequence[dict]) -> dict[str, to
     """Tokenize a batch of prompts with left padding. input_ids/attention_mask: [B, P_max]."""
     texts = [encoder.prompt_text(s["prompt"], len(s.get("images") or [])) for s in samples]
     images = [list(s.get("images") or []) for s in samples]
-    kwargs: dict = {}
+    kwargs: dict = dict(encoder.model_family.prompt_kwargs)
     if any(images):
-        if encoder.family in NESTED_IMAGE_FAMILIES:
-            kwargs["images"] = images
-        else:
-            kwargs["images"] = [im for ims in images for im in ims]
+        kwargs["images"] = encoder.model_family.processor_images(images)
     tok = encoder.tokenizer
     old_side = tok.padding_side
     tok.padding_side = "left"

@@ -15,11 +15,15 @@ import torch
 from PIL import Image
 
 from vlalign.errors import DataError
+from vlalign.models.families import all_families
+from vlalign.models.families import family as family_of_name
 
 IGNORE_INDEX = -100
 _SENTINEL = "VLALIGNSENTINEL"
-# Per-sample tensors the processor returns besides the token ids.
-TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+# Per-token modality ids some LMs take ([T], 1 on image tokens), named per family.
+TOKEN_TYPE_KEYS = tuple(dict.fromkeys(f.token_type_key for f in all_families() if f.token_type_key))
+# Per-sample tensors the processor returns besides the image tensors.
+TEXT_KEYS = ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS)
 
 
 def _messages(prompt: str, n_images: int, response: str | None = None) -> list[dict]:
@@ -41,24 +45,25 @@ class EncodedPrompt:
 class ChatEncoder:
     """Encodes prompts and responses for one processor/family.
 
-    `image_token_id` is the placeholder id the processor expands; labels never cover it.
+    `family` is the family's name; `model_family` its object (`vlalign.models.families`).
+    `image_token_id` is the id of the image tokens the processor expands; labels never cover it.
     """
 
     def __init__(self, processor, family: str, max_length: int = 512) -> None:
         self.processor = processor
         self.family = family
+        self.model_family = family_of_name(family)
         self.max_length = max_length
         self.tokenizer = processor.tokenizer
-        self.image_token_id = self._image_token_id()
+        self.image_token_id = self.model_family.image_token_id(processor)
         self.response_prefix, self.end_of_turn = self._turn_affixes()
 
-    def _image_token_id(self) -> int:
-        for attr in ("image_token_id",):
-            v = getattr(self.processor, attr, None)
-            if isinstance(v, int):
-                return v
-        tok = getattr(self.processor, "image_token", None) or "<image>"
-        return self.tokenizer.convert_tokens_to_ids(tok)
+    def token_types(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{the family's token type key: ids [..., T]} for input_ids [..., T]; {} when it has none."""
+        key = self.model_family.token_type_key
+        if key is None:
+            return {}
+        return {key: self.model_family.token_types(input_ids, self.image_token_id)}
 
     def _turn_affixes(self) -> tuple[str, str]:
         """Text the template puts between the generation prompt and the response, and after it."""
@@ -83,11 +88,9 @@ class ChatEncoder:
     def encode_prompt(self, images: list[Image.Image], prompt: str) -> EncodedPrompt:
         """Prompt -> ids [P] (image placeholders expanded) and the image tensors for one sample."""
         text = self.prompt_text(prompt, len(images))
-        kwargs = (
-            {"images": [images] if self.family in ("idefics3", "smolvlm") else images}
-            if images
-            else {}
-        )
+        kwargs = dict(self.model_family.prompt_kwargs)
+        if images:
+            kwargs["images"] = self.model_family.processor_images([images])
         enc = self.processor(text=[text], return_tensors="pt", **kwargs)
         ids = enc["input_ids"][0]
         image_inputs = {k: v for k, v in enc.items() if k not in TEXT_KEYS}

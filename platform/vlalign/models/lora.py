@@ -2,6 +2,8 @@
 
 Vision towers have projections with the same names as the LM's (CLIP: q/k/v_proj; Qwen2.5-VL:
 gate/up/down_proj), so targets are resolved to exact module names inside the LM, never suffixes.
+Where the LM, the vision tower and the projector live is the family's (`Family.lm_names`,
+`vision_names`, `projector_names`); a model of no known family is searched for any of them.
 """
 
 from __future__ import annotations
@@ -11,10 +13,19 @@ from peft import LoraConfig, get_peft_model
 
 from vlalign.config.schema import PeftConfig
 from vlalign.errors import VlalignError
+from vlalign.models.families import Family, all_families, family_of
 
-_LM_NAMES = ("language_model", "text_model")
-_VISION_NAMES = ("vision_tower", "visual", "vision_model")
-_PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
+
+def _names(model: nn.Module, attr: str) -> tuple[str, ...]:
+    """The family's leaf names `attr` (lm_names, ...), or every family's for an unknown model."""
+    fam = family_of(model)
+    if fam is not None:
+        return getattr(fam, attr)
+    return tuple(dict.fromkeys(n for f in all_families() for n in getattr(f, attr)))
+
+
+def _vision_leaves(model: nn.Module) -> tuple[str, ...]:
+    return (family_of(model) or Family()).vision_lora_leaves
 
 
 def _find(model: nn.Module, leaf_names: tuple[str, ...]) -> str | None:
@@ -27,22 +38,23 @@ def _find(model: nn.Module, leaf_names: tuple[str, ...]) -> str | None:
 
 def lm_prefix(model: nn.Module) -> str:
     """Qualified name of the language-model submodule (e.g. `model.language_model`)."""
-    found = _find(model, _LM_NAMES)
+    names = _names(model, "lm_names")
+    found = _find(model, names)
     if found is None:
         raise VlalignError(
-            "cannot locate the language model inside this VLM (no language_model/text_model)"
+            f"cannot locate the language model inside this VLM (no module named {'/'.join(names)})"
         )
     return found
 
 
 def vision_prefix(model: nn.Module) -> str | None:
     """Qualified name of the vision tower, if any."""
-    return _find(model, _VISION_NAMES)
+    return _find(model, _names(model, "vision_names"))
 
 
 def projector_prefix(model: nn.Module) -> str | None:
     """Qualified name of the multimodal projector (or Qwen's merger, Idefics3's connector)."""
-    return _find(model, _PROJECTOR_NAMES)
+    return _find(model, _names(model, "projector_names"))
 
 
 def _linear_names(model: nn.Module, prefix: str, leaves: list[str] | None) -> list[str]:
@@ -65,9 +77,7 @@ def lora_targets(model: nn.Module, cfg: PeftConfig) -> list[str]:
     if cfg.include_projector and (p := projector_prefix(model)):
         targets += _linear_names(model, p, None)
     if cfg.include_vision and (v := vision_prefix(model)):
-        targets += _linear_names(
-            model, v, [*cfg.target_modules, "qkv", "proj", "fc1", "fc2", "out_proj"]
-        )
+        targets += _linear_names(model, v, [*cfg.target_modules, *_vision_leaves(model)])
     return targets
 
 

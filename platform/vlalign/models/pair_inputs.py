@@ -12,18 +12,27 @@ import torch
 from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from vlalign.models.families import all_families
+from vlalign.models.inputs import TOKEN_TYPE_KEYS
 from vlalign.models.lora import projector_prefix, vision_prefix
 from vlalign.models.unwrap import unwrap
 
-# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values).
-IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")
-# The keys the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
-PIXEL_KEYS = ("pixel_values", "pixel_attention_mask")
+# Batch keys that carry images, per image (or per patch, for Qwen2-VL's pixel_values): every
+# family's `image_keys` (a batch holds one family's).
+IMAGE_KEYS = tuple(dict.fromkeys(k for f in all_families() for k in f.image_keys))
+# The keys only the vision encoder consumes; the others (image_grid_thw) the LM needs as well.
+PIXEL_KEYS = tuple(dict.fromkeys(k for f in all_families() for k in f.pixel_keys))
 
 
 def image_inputs(batch: dict) -> dict[str, Tensor]:
     """The image tensors of a batch (pixel_values and friends), once per sample or pair."""
     return {k: batch[k] for k in IMAGE_KEYS if k in batch and batch[k] is not None}
+
+
+def token_type_inputs(batch: dict, prefix: str = "") -> dict[str, Tensor]:
+    """The per-token modality ids [B, T] of a batch's `prefix` sequences, under the model's
+    kwarg name (Qwen2-VL mm_token_type_ids, Gemma 3 token_type_ids); {} for other families."""
+    return {k: batch[prefix + k] for k in TOKEN_TYPE_KEYS if batch.get(prefix + k) is not None}
 
 
 def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
@@ -34,11 +43,7 @@ def repeat_images(images: dict[str, Tensor], n: int) -> dict[str, Tensor]:
 def encode_images(model: torch.nn.Module, images: dict[str, Tensor]) -> BaseModelOutputWithPooling:
     """Run the vision tower + projector once. pooler_output: per-image features."""
     base = unwrap(model)
-    kwargs = {
-        k: v
-        for k, v in images.items()
-        if k in ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
-    }
+    kwargs = {k: v for k, v in images.items() if k in IMAGE_KEYS}
     return base.get_image_features(**kwargs, return_dict=True)
 
 

@@ -43,11 +43,16 @@ def _corpus() -> list[str]:
 
 
 def train_tokenizer(
-    special_tokens: list[str], chat_template: str, vocab_size: int = 1024
+    special_tokens: list[str],
+    chat_template: str,
+    vocab_size: int = 1024,
+    named_tokens: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with bos/eos/pad and the given special tokens.
 
     `special_tokens` are added as atomic tokens (image placeholders, chat markers).
+    `named_tokens` exposes some of them as tokenizer attributes (e.g. {"boi_token":
+    "<start_of_image>"} gives `tok.boi_token` and `tok.boi_token_id`), as processors expect.
     """
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -69,6 +74,7 @@ def train_tokenizer(
         additional_special_tokens=list(special_tokens),
         padding_side="right",
         model_max_length=4096,
+        **({"extra_special_tokens": dict(named_tokens)} if named_tokens else {}),
     )
     fast.chat_template = chat_template
     return fast
