@@ -184,7 +184,7 @@ class Grpo:
                 kl_coef=c.kl_coef,
                 estimator=c.kl_estimator,
             )
-        advantages = self.advantage_fn(rewards, n)
+        advantages = self.advantages(rewards, ro, rows_of, seen, sums)
         keep = torch.ones(N, dtype=torch.bool, device=rewards.device)
         if c.filter_ties:
             f = dapo_group_filter(rewards, n)
@@ -267,6 +267,18 @@ class Grpo:
             out["groups/dropped"] = sums["groups/dropped"]
         out["rollout/truncated"] = sums.get("rollout/truncated", 0.0) / rows
         return out
+
+    def advantages(
+        self,
+        rewards: Tensor,
+        ro: Rollout,
+        rows_of: list[dict],
+        seen: list[RewardSample],
+        sums: dict[str, float],
+    ) -> Tensor:
+        """Advantages [N] of the rollout's rows from their rewards [N] (a constrained method
+        overrides this to add its costs; `sums` takes extra rollout metric sums)."""
+        return self.advantage_fn(rewards, ro.n)
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
