@@ -37,30 +37,40 @@ def safety_signs(batch: dict) -> tuple[Tensor, Tensor]:
 
 def cost_sums(better: Tensor, worse: Tensor, sb: Tensor, sw: Tensor) -> dict[str, float]:
     """Metric SUMS of one batch (costs [B], signs [B]): costs/better, costs/worse,
-    costs/pair_accuracy (worse costs more), costs/sign_correct and costs/sign_labelled (over
-    responses with a known sign: sign(cost) == sign)."""
+    costs/pair_accuracy (worse costs more), and over responses with a known sign
+    (sign(cost) == sign): costs/sign_correct and costs/sign_labelled, also split by the label
+    (costs/unsafe_correct, costs/unsafe_labelled, costs/safe_correct, costs/safe_labelled)."""
     better, worse = better.detach().float(), worse.detach().float()
-    labelled = torch.cat([sb != 0, sw != 0])
-    correct = (torch.cat([torch.sign(better), torch.sign(worse)]) == torch.cat([sb, sw])) & labelled
-    return {
+    signs = torch.cat([sb, sw])
+    correct = torch.cat([torch.sign(better), torch.sign(worse)]) == signs
+    out = {
         "costs/better": float(better.sum()),
         "costs/worse": float(worse.sum()),
         "costs/pair_accuracy": float((worse > better).float().sum()),
-        "costs/sign_correct": float(correct.sum()),
-        "costs/sign_labelled": float(labelled.sum()),
     }
+    for name, mask in (("sign", signs != 0), ("unsafe", signs == 1), ("safe", signs == -1)):
+        out[f"costs/{name}_correct"] = float((correct & mask).sum())
+        out[f"costs/{name}_labelled"] = float(mask.sum())
+    return out
 
 
 def cost_metrics(sums: dict[str, float], pairs: float) -> dict[str, float]:
     """Means from `cost_sums` (summed over batches/ranks) and the pair count: costs/better,
-    costs/worse, costs/pair_accuracy, costs/labelled (fraction of responses with a sign) and
-    costs/sign_accuracy (when any response had one)."""
+    costs/worse, costs/pair_accuracy, costs/labelled (fraction of responses with a sign), and
+    costs/sign_accuracy, costs/sign_accuracy_unsafe, costs/sign_accuracy_safe (each when it has
+    labelled responses; on the synthetic set 3 of 4 answers are safe, so "all costs < 0"
+    scores 0.75 overall but 0 on unsafe answers: read the split ones)."""
     n = max(pairs, 1.0)
     out = {k: sums[k] / n for k in ("costs/better", "costs/worse", "costs/pair_accuracy")}
-    labelled = sums.get("costs/sign_labelled", 0.0)
-    out["costs/labelled"] = labelled / (2 * n)
-    if labelled > 0:
-        out["costs/sign_accuracy"] = sums["costs/sign_correct"] / labelled
+    out["costs/labelled"] = sums.get("costs/sign_labelled", 0.0) / (2 * n)
+    for name, key in (
+        ("sign", "costs/sign_accuracy"),
+        ("unsafe", "costs/sign_accuracy_unsafe"),
+        ("safe", "costs/sign_accuracy_safe"),
+    ):
+        labelled = sums.get(f"costs/{name}_labelled", 0.0)
+        if labelled > 0:
+            out[key] = sums[f"costs/{name}_correct"] / labelled
     return out
 
 
