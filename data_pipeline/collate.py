@@ -14,7 +14,9 @@ Padding is on the right. B = examples, T = longest sequence in the batch.
     chosen_/rejected_ modality ids when present, the image tensors ONCE
     per pair (same layout as SFT with B pairs: chosen and rejected of pair i share image i, so
     the vision tower can run once per pair), prompt_lens [B], keys, n_examples, n_truncated,
-    n_image_tokens and n_tokens over chosen + rejected.
+    n_image_tokens and n_tokens over chosen + rejected; chosen_safety_sign / rejected_safety_sign
+    [B] long (+1 unsafe, -1 safe, 0 unknown) when any example carries the per-response safety
+    labels (record meta chosen_safe / rejected_safe, booleans).
 
 Image tensors, batched the way each family's model takes them:
     LLaVA     pixel_values [sum images, 3, H, W] (= [B, 3, H, W] with one image per sample);
@@ -120,6 +122,12 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict:
     out.update(collate_images([ex["image_inputs"] for ex in examples]))
     masks = [out["chosen_attention_mask"], out["rejected_attention_mask"]]
     out.update(_counters(examples, masks, 2))
+    if any("chosen_safe" in ex or "rejected_safe" in ex for ex in examples):
+        for side in ("chosen", "rejected"):  # +1 unsafe, -1 safe, 0 unknown (Safe RLHF's s)
+            out[f"{side}_safety_sign"] = torch.tensor(
+                [{None: 0, True: -1, False: 1}[ex.get(f"{side}_safe")] for ex in examples],
+                dtype=torch.long,
+            )
     return out
 
 

@@ -90,6 +90,8 @@ def _meta(cue: Cue, template: int, twin: int) -> Meta:
         cue=cue.name,
         template=template,
         twin=twin,
+        chosen_safe=True,  # per-response safety labels (cost model): chosen is always safe,
+        rejected_safe=not cue.harmful,  # complying with a harmful request is not
     )
 
 

@@ -8,7 +8,8 @@ tokens. Examples (what `data_pipeline.collate` batches):
                  "prompt_len", "truncated", "n_image_tokens", [TT [T]]}
     preference: {"key", "chosen_input_ids" [Tc], "chosen_labels" [Tc], "rejected_input_ids" [Tr],
                  "rejected_labels" [Tr], "image_inputs", "prompt_len", "truncated",
-                 "n_image_tokens", ["chosen_" TT [Tc], "rejected_" TT [Tr]]}
+                 "n_image_tokens", ["chosen_" TT [Tc], "rejected_" TT [Tr]],
+                 ["chosen_safe", "rejected_safe" (bools from the record meta, when present)]}
 
 `image_inputs` holds one sample's image tensors as the processor makes them, under the family's
 `image_keys` (LLaVA, Gemma 3 pixel_values [n_img, 3, H, W]; Qwen2-VL pixel_values [patches, D] +
@@ -92,8 +93,19 @@ def fast_prompt_text(encoder: ChatEncoder, prompt: str, n_images: int) -> str:
     return affixes[0] + prompt + affixes[1]
 
 
-def _finish(encoder: ChatEncoder, ex: dict, key: str, kind: str, prompt_ids: torch.Tensor) -> dict:
+def _finish(
+    encoder: ChatEncoder,
+    ex: dict,
+    key: str,
+    kind: str,
+    prompt_ids: torch.Tensor,
+    meta: dict | None = None,
+) -> dict:
     ex["key"] = key
+    if kind != "sft":  # per-response safety labels (meta chosen_safe / rejected_safe), if any
+        for side in ("chosen_safe", "rejected_safe"):
+            if isinstance((meta or {}).get(side), bool):
+                ex[side] = meta[side]
     ex["n_image_tokens"] = int((prompt_ids == encoder.image_token_id).sum())
     for pre in ("",) if kind == "sft" else ("chosen_", "rejected_"):
         for k, v in encoder.token_types(ex[f"{pre}input_ids"]).items():
@@ -114,7 +126,7 @@ def encode_one(encoder: ChatEncoder, sample: dict, kind: str) -> dict:
     except Exception as e:  # processor errors (image/token mismatches, bad sizes)
         raise DataError(f"{_where(sample)}: cannot encode ({e.__class__.__name__}: {e})") from None
     ids = ex["input_ids"] if kind == "sft" else ex["chosen_input_ids"]
-    return _finish(encoder, ex, sample["key"], kind, ids[: ex["prompt_len"]])
+    return _finish(encoder, ex, sample["key"], kind, ids[: ex["prompt_len"]], sample.get("meta"))
 
 
 def make_transform(
@@ -299,7 +311,7 @@ def _encode_images_batch(
                 "prompt_len": len(ids),
                 "truncated": cut_c + cut_r,
             }
-        results[i] = _finish(encoder, ex, samples[i]["key"], kind, ids)
+        results[i] = _finish(encoder, ex, samples[i]["key"], kind, ids, samples[i].get("meta"))
 
 
 def _prompts_only(samples: list[dict], on_error: OnError, skips: SkipCounter | None) -> list[dict]:

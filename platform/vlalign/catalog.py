@@ -19,7 +19,7 @@ BatchKind = Literal["sft", "pairs", "unpaired", "prompts"]
 prompt, the image once per pair), unpaired (desirable and undesirable completions, and
 mismatched rows for KTO's reference point), prompts (prompt, images and meta for online RL)."""
 
-LossKind = Literal["sft", "preference", "unpaired", "reward", "policy"]
+LossKind = Literal["sft", "preference", "unpaired", "reward", "policy", "cost"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,13 @@ LOSSES: dict[str, LossInfo] = {
             "Ouyang et al. 2022",
             reference_free=True,
         ),
+        LossInfo(
+            "safe_rlhf_cost",
+            "cost",
+            "Safe RLHF cost-model loss: the more harmful answer costs more, cost > 0 reads unsafe",
+            "Dai et al. 2024; Ji et al. 2025",
+            reference_free=True,
+        ),
     )
 }
 
@@ -176,6 +183,14 @@ METHODS: dict[str, MethodInfo] = {
             "bradley_terry",
             "reward model: the VLM with a scalar head, pairwise loss",
             "vlalign.methods.reward",
+        ),
+        MethodInfo(
+            "cost",
+            "pairs",
+            "cost",
+            "safe_rlhf_cost",
+            "cost model (Safe RLHF): the VLM with a scalar head on safety pairs and labels",
+            "vlalign.methods.cost",
         ),
     )
 }

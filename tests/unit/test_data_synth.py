@@ -47,6 +47,8 @@ def test_round_trip_synth_validate_read(synth_dir):
                 "cue": cue.name,
                 "template": t["template"],
                 "twin": i,
+                "chosen_safe": True,
+                "rejected_safe": not cue.harmful,
             }
             assert s["images"][0].tobytes() == image.tobytes()
     ev = list(iter_samples(str(out), "eval", kind="eval"))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlalign.config.schema import ModelConfig, Recipe
 from vlalign.logprobs import token_logprobs_from_logits
-from vlalign.methods.reward import RewardModel
+from vlalign.models.value_head import RewardModel
 from vlalign.models import apply_peft, build
 from vlalign.models.inputs import ChatEncoder
 from vlalign.rollout.engine import produces_mm_token_types

@@ -243,6 +243,25 @@ class RewardMethod(_MethodBase):
     )
 
 
+class CostMethod(_MethodBase):
+    """Cost model (Safe RLHF): the VLM with a scalar head on safety pairs (chosen = safer)."""
+
+    name: Literal["cost"] = Field("cost", description="Training method.")
+    loss: _losses("cost") = Field("safe_rlhf_cost", description="Loss variant.")
+    margin: float = Field(
+        0.0, ge=0.0, description="Margin in the pairwise term (the more harmful answer costs more)."
+    )
+    sign_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Weight of the classification term: cost > 0 for unsafe, < 0 for safe answers.",
+    )
+    share_vision: bool = Field(
+        True,
+        description="Run the vision tower once per pair and share its features (when supported).",
+    )
+
+
 class RewardSpec(Section):
     """One online-RL reward; every reward sees (image, prompt, response, meta)."""
 
@@ -350,6 +369,7 @@ METHOD_SECTIONS: dict[str, type[_MethodBase]] = {
     "kto": KtoMethod,
     "reward": RewardMethod,
     "grpo": GrpoMethod,
+    "cost": CostMethod,
 }
 assert set(METHOD_SECTIONS) == set(catalog.METHODS), "catalog and schema disagree on methods"
 
@@ -366,7 +386,8 @@ MethodConfig = Annotated[
     | Annotated[DpoMethod, Tag("dpo")]
     | Annotated[KtoMethod, Tag("kto")]
     | Annotated[RewardMethod, Tag("reward")]
-    | Annotated[GrpoMethod, Tag("grpo")],
+    | Annotated[GrpoMethod, Tag("grpo")]
+    | Annotated[CostMethod, Tag("cost")],
     Discriminator(_method_tag),
 ]
 """The `method` section: one section type per method, chosen by `method.name`."""

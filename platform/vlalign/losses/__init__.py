@@ -24,6 +24,10 @@ Three kinds, each with one signature shared by its members:
          desirable_weight=1.0, undesirable_weight=1.0) -> LossOutput
 
 - ``"reward"``: ``fn(chosen_rewards [B], rejected_rewards [B], *, margin=0.0) -> LossOutput``.
+- ``"cost"`` (Safe RLHF, `vlalign.losses.cost`)::
+
+      fn(worse_costs [B], better_costs [B], worse_signs [B], better_signs [B], *,
+         margin=0.0, sign_weight=1.0) -> LossOutput
 
 Every loss is the batch mean of per-pair losses, so micro-batches of equal size accumulate
 exactly; `sft_loss` takes ``total_tokens`` for the same reason (it is a per-token mean).
@@ -43,6 +47,7 @@ from torch import Tensor
 from vlalign import catalog
 from vlalign.catalog import LossKind
 from vlalign.losses.base import LossOutput, UnknownLossError
+from vlalign.losses.cost import cost_loss
 from vlalign.losses.policy import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, rloo_loss
 from vlalign.losses.unpaired import kto_loss
 
@@ -361,6 +366,7 @@ def _functions() -> dict[str, Callable[..., LossOutput]]:
         "dapo": dapo_loss,
         "gspo": gspo_loss,
         "rloo": rloo_loss,
+        "safe_rlhf_cost": cost_loss,
     }
 
 
