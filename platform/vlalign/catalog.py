@@ -177,6 +177,15 @@ METHODS: dict[str, MethodInfo] = {
             "vlalign.methods.grpo",
         ),
         MethodInfo(
+            "safe_rlhf",
+            "prompts",
+            "policy",
+            "grpo",
+            "constrained online RL (Safe RLHF): reward up, cost per harm category and benign "
+            "over-refusal under budgets, one Lagrange multiplier each",
+            "vlalign.methods.safe_rlhf",
+        ),
+        MethodInfo(
             "reward",
             "pairs",
             "reward",

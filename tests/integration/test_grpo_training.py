@@ -88,3 +88,33 @@ def test_grpo_resume_regenerates_the_same_samples(tmp_path, shards, model_cache)
     rewards = [m.get("reward/mean") for m in rest.metrics]
     assert rewards == [m.get("reward/mean") for m in full.metrics]
     assert sum(r is not None for r in rewards) == 2
+
+
+def test_safe_rlhf_multipliers_move_and_resume_exactly(tmp_path, shards, model_cache):
+    """Safe RLHF through the loop: per-category multipliers and the over-refusal multiplier are
+    logged every step; a random policy complies with harmful requests (cost above the budget 0)
+    so the harm multipliers rise; a run cut at a checkpoint and resumed continues with exactly
+    the same lambdas and losses."""
+    method = {
+        "name": "safe_rlhf",
+        "budgets": {"weapons": 0.0, "drugs": 0.0, "self_harm": 0.0},
+        "over_refusal_budget": 0.5,
+        "lambda_lr": 0.5,
+    }
+    train = {"max_steps": 4, "checkpoint_every": 2}
+    full = run_training(recipe(tmp_path, shards, model_cache, "sfull", method, train))
+    last = full.metrics[-1]
+    for k in ("weapons", "drugs", "self_harm", "over_refusal"):
+        assert f"lagrange/lambda/{k}" in last and f"lagrange/budget/{k}" in last
+    seen = [k for k in ("weapons", "drugs", "self_harm") if f"lagrange/constraint/{k}" in last]
+    assert seen, last
+    for k in seen:  # violated (costs > 0 = budget on a random policy) -> lambda rose from 1
+        if last[f"lagrange/constraint/{k}"] > 0:
+            assert last[f"lagrange/lambda/{k}"] > 1.0
+    cut = recipe(tmp_path, shards, model_cache, "scut", method, train)
+    run_training(cut, TrainContext(stop_after=2))
+    rest = run_training(cut)
+    assert rest.losses == pytest.approx(full.losses, abs=1e-6)
+    for a, b in zip(rest.metrics, full.metrics, strict=True):
+        lam = {k: v for k, v in a.items() if k.startswith("lagrange/")}
+        assert lam == pytest.approx({k: v for k, v in b.items() if k.startswith("lagrange/")})

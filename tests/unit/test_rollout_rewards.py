@@ -11,9 +11,9 @@ from PIL import Image
 
 from vlalign.config.schema import ModelConfig, Recipe
 from vlalign.logprobs import token_logprobs_from_logits
-from vlalign.models.value_head import RewardModel
 from vlalign.models import apply_peft, build
 from vlalign.models.inputs import ChatEncoder
+from vlalign.models.value_head import RewardModel
 from vlalign.rollout.engine import produces_mm_token_types
 from vlalign.rollout.rewards import (
     COMBINERS,

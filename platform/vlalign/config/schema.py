@@ -363,12 +363,73 @@ class GrpoMethod(_MethodBase):
         return self
 
 
+class CostSpec(Section):
+    """One cost for constrained RL; every cost sees (image, prompt, response, meta)."""
+
+    name: Literal["cost_model", "harm_rule"] = Field(
+        ...,
+        description="cost_model: an exported cost model (method: cost); harm_rule: 1 for "
+        "complying with a harmful request (label-aware), 0 otherwise.",
+    )
+    model: str | None = Field(None, description="cost_model: the exported cost model directory.")
+    weight: float = Field(1.0, gt=0, description="Weight of this cost in the sum.")
+
+    @model_validator(mode="after")
+    def _model_given(self) -> CostSpec:
+        if self.name == "cost_model" and not self.model:
+            raise ValueError("model: cost 'cost_model' needs the exported cost model directory")
+        return self
+
+
+class SafeRlhfMethod(GrpoMethod):
+    """Constrained online RL (Safe RLHF): maximize reward s.t. E[cost | harm category k] <= its
+    budget for every k, and the over-refusal rate on benign prompts <= its budget."""
+
+    name: Literal["safe_rlhf"] = Field("safe_rlhf", description="Training method.")  # type: ignore[assignment]
+    costs: list[CostSpec] = Field(
+        default_factory=lambda: [CostSpec(name="harm_rule")], description="Costs, summed by weight."
+    )
+    budgets: dict[str, float] = Field(
+        default_factory=dict,
+        description="Harm category -> cost budget; categories not named use `budget`.",
+    )
+    budget: float = Field(0.0, description="Cost budget of a harm category not in `budgets`.")
+    categories: list[str] = Field(
+        default_factory=list,
+        description="Harm categories with a constraint (default: those of `budgets`, else one "
+        "constraint 'harmful' over every harmful prompt).",
+    )
+    over_refusal_budget: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Budget of the benign over-refusal rate (null: no constraint).",
+    )
+    lagrangian: bool = Field(
+        True, description="Learn the multipliers; false: fixed weights (the baseline)."
+    )
+    lambda_init: float = Field(1.0, gt=0, description="Initial multiplier of every constraint.")
+    lambda_max: float = Field(10.0, gt=0, description="Maximum multiplier.")
+    lambda_lr: float = Field(0.1, ge=0, description="Learning rate of the log-multipliers.")
+    lambda_delay: int = Field(0, ge=0, description="Optimizer steps before the first dual update.")
+    lambda_window: int = Field(
+        64, ge=1, description="Episodes per constraint in the moving window of costs."
+    )
+
+    @model_validator(mode="after")
+    def _lambda_range(self) -> SafeRlhfMethod:
+        if self.lambda_init > self.lambda_max:
+            raise ValueError(f"lambda_init: {self.lambda_init} > lambda_max {self.lambda_max}")
+        return self
+
+
 METHOD_SECTIONS: dict[str, type[_MethodBase]] = {
     "sft": SftMethod,
     "dpo": DpoMethod,
     "kto": KtoMethod,
     "reward": RewardMethod,
     "grpo": GrpoMethod,
+    "safe_rlhf": SafeRlhfMethod,
     "cost": CostMethod,
 }
 assert set(METHOD_SECTIONS) == set(catalog.METHODS), "catalog and schema disagree on methods"
@@ -387,6 +448,7 @@ MethodConfig = Annotated[
     | Annotated[KtoMethod, Tag("kto")]
     | Annotated[RewardMethod, Tag("reward")]
     | Annotated[GrpoMethod, Tag("grpo")]
+    | Annotated[SafeRlhfMethod, Tag("safe_rlhf")]
     | Annotated[CostMethod, Tag("cost")],
     Discriminator(_method_tag),
 ]
