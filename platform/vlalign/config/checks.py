@@ -58,6 +58,16 @@ def check_recipe(recipe: Recipe) -> list[str]:
         )
     if recipe.method.loss in ("simpo", "orpo") and recipe.method.reference == "precomputed":
         problems.append(f"method.reference: {recipe.method.loss} is reference-free; use none")
+    if (
+        recipe.data.augment.enabled
+    ):  # augmented images change every epoch; see data_pipeline.augment
+        if getattr(recipe.method, "reference", None) == "precomputed":
+            problems.append(
+                "data.augment: a precomputed reference is scored on unaugmented images; "
+                "use method.reference adapter_disabled or frozen_copy"
+            )
+        if recipe.data.reader == "ray_data":
+            problems.append("data.augment: supported on the webdataset reader only")
     if recipe.tracking.registered_model is None and recipe.promotion.auto:
         problems.append("promotion.auto: needs tracking.registered_model")
     if recipe.promotion.auto and not recipe.promotion.gates:

@@ -109,13 +109,15 @@ def batch_stream(
         shuffle=d.shuffle_buffer > 0,
         shuffle_buffer=max(d.shuffle_buffer, 1),
         start_sample=start_position,
+        augment=d.augment,
     )
     for batch in loader:
         yield batch, loader.position
 
 
 def epoch_batches(recipe: Recipe, encoder, data: DataInfo, rank: int, world: int) -> Iterator[dict]:
-    """One unshuffled epoch of preference batches of this rank's slice (reference precompute)."""
+    """One unshuffled epoch of preference batches of this rank's slice (reference precompute;
+    never augmented: `config.checks` refuses data.augment with a precomputed reference)."""
     yield from _loader(
         recipe, encoder, data, "preference", rank, world, num_workers=0, loop=False, shuffle=False
     )
