@@ -322,8 +322,14 @@ class EvalConfig(Section):
     judge_model: str | None = Field(
         None, description="Judge model path or id (refusal_detector: judge)."
     )
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many prompts.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Evaluate at most this many prompts (per split)."
+    )
     num_workers: int = Field(1, ge=1, description="Ray workers the eval set is split across.")
+    splits: list[str] | None = Field(
+        None,
+        description="Eval splits scored, each reported apart; null: every eval split of the shard set.",
+    )
 
 
 class TrackingConfig(Section):
@@ -346,7 +352,10 @@ class TrackingConfig(Section):
 class Gate(Section):
     """One promotion gate over a scorecard metric."""
 
-    metric: str = Field(..., description="Scorecard metric, e.g. harmful_refusal_rate.")
+    metric: str = Field(
+        ...,
+        description="Scorecard metric, e.g. harmful_refusal_rate, or a split's: shift-visual/harmful_refusal_rate.",
+    )
     op: Literal[">=", "<=", ">", "<"] = Field(..., description="Comparison.")
     value: float = Field(..., description="Threshold.")
 

@@ -1,8 +1,9 @@
 """Logging a scorecard to an MLflow run (evaluation and the tracking area both call this).
 
-Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart and the
-HTML page; metrics `eval/<name>/<metric>` for every scorecard metric, and
-`eval/<name>/refusal_rate/<category>` (or `pair_accuracy/<category>`) per category.
+Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart(s) and
+the HTML page; metrics `eval/<name>/<metric>` for every scorecard metric (a split's as
+`eval/<name>/<split>/<metric>`, e.g. eval/final/shift-visual/harmful_refusal_rate), and
+`eval/<name>/[<split>/]refusal_rate/<category>` (or `pair_accuracy/<category>`) per category.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlalign.evaluation.scorecard import JSON_NAME, Scorecard, write_chart, write_html
+from vlalign.evaluation.scorecard import (
+    JSON_NAME,
+    SPLITS_PNG_NAME,
+    Scorecard,
+    write_chart,
+    write_html,
+    write_split_chart,
+)
 
 _SAFE = re.compile(r"[^0-9A-Za-z_\-. /]")
 
@@ -37,9 +45,11 @@ def log_scorecard(
     client.log_dict(run_id, card.to_dict(), f"{prefix}/{JSON_NAME}")
     with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
         png = write_chart(card, Path(tmp) / "refusal_by_category.png")
-        page = write_html(card, png, Path(tmp) / "scorecard.html")
-        client.log_artifact(run_id, str(png), prefix)
-        client.log_artifact(run_id, str(page), prefix)
+        splits_png = write_split_chart(card, Path(tmp) / SPLITS_PNG_NAME)
+        page = write_html(card, png, Path(tmp) / "scorecard.html", splits_png)
+        for f in (png, page, splits_png):
+            if f is not None:
+                client.log_artifact(run_id, str(f), prefix)
     now = int(time.time() * 1000)
     metrics = [Metric(_metric_name(prefix, k), float(v), now, 0) for k, v in card.metrics.items()]
     metrics += [
@@ -48,5 +58,13 @@ def log_scorecard(
         for key in ("refusal_rate", "pair_accuracy")
         if key in row
     ]
+    if len(card.splits) > 1:
+        metrics += [
+            Metric(_metric_name(prefix, split, key, cat), float(row[key]), now, 0)
+            for split, d in card.splits.items()
+            for cat, row in d["per_category"].items()
+            for key in ("refusal_rate", "pair_accuracy")
+            if key in row
+        ]
     for i in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[i : i + 1000])

@@ -5,6 +5,9 @@ Gates come from the recipe's `promotion` section: absolute thresholds over score
 ("must not be worse by more than"). Worse is defined per metric by METRIC_DIRECTION: a higher
 harmful refusal rate is better, a higher benign refusal rate (over-refusal) is worse.
 
+A metric may name a split of a multi-split scorecard, `shift-visual/harmful_refusal_rate`: its
+direction is the base metric's.
+
 `evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
 and either moves `champion` (recording the previous one in the model tag
 `vlalign.champion_history`, a JSON list used as a stack by `rollback`) and tags the version
@@ -98,6 +101,11 @@ class PromotionRefused(VlalignError):
         super().__init__(f"promotion of {name} version {version} refused: {failed}")
 
 
+def direction(metric: str) -> str | None:
+    """Which way is better for `metric`, also when it names a split (`<split>/<metric>`)."""
+    return METRIC_DIRECTION.get(metric.rsplit("/", 1)[-1])
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -113,7 +121,7 @@ def evaluate_gates(
     A metric missing from the candidate's scorecard fails its gate. Regression gates pass when
     there is no champion (nothing to regress from) or the champion lacks the metric.
     """
-    unknown = sorted(set(cfg.max_regression) - set(METRIC_DIRECTION))
+    unknown = sorted(m for m in cfg.max_regression if direction(m) is None)
     if unknown:
         raise VlalignError(
             f"promotion.max_regression: no direction known for {unknown} "
@@ -137,8 +145,8 @@ def evaluate_gates(
         ok = OPS[g.op](value, g.value)
         report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
     for metric, tol in sorted(cfg.max_regression.items()):
-        direction = METRIC_DIRECTION[metric]
-        text = f"{metric} at most {tol:g} worse than champion ({direction} is better)"
+        better = direction(metric)
+        text = f"{metric} at most {tol:g} worse than champion ({better} is better)"
         value = metrics.get(metric)
         if not _finite(value):
             report.results.append(
@@ -150,7 +158,7 @@ def evaluate_gates(
             why = "no champion yet" if champion_metrics is None else "champion has no such metric"
             report.results.append(GateResult(text, metric, True, value, why))
             continue
-        worse_by = (base - value) if direction == HIGHER_IS_BETTER else (value - base)
+        worse_by = (base - value) if better == HIGHER_IS_BETTER else (value - base)
         ok = worse_by <= tol + 1e-12
         reason = f"got {value:g} vs champion v{champion} {base:g} (worse by {max(worse_by, 0):g})"
         report.results.append(GateResult(text, metric, ok, value, reason))
