@@ -123,3 +123,31 @@ def test_a_gate_can_name_a_split(scored):
     )
     assert not worse.passed and better.passed
     assert "lower is better" in worse.results[0].gate
+
+
+def test_cli_eval_scores_the_named_splits(data, model_cache, tmp_path):
+    """`vlalign eval --split A --split B` in a fresh process: those splits, side by side."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{cache_dir: {model_cache}}}\neval: {{max_new_tokens: 2}}\n")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'platform'}{os.pathsep}{root}"}
+    args = ["--model", "builtin:tiny-llava", "--data", data, "--recipe", str(recipe)]
+    args += ["--out", "out", "--split", "shift-both", "--split", "eval"]
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "vlalign"), "eval", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "(10 prompts, 2 splits" in r.stdout and "shift-both" in r.stdout
+    card = read_scorecard(tmp_path / "out")
+    assert list(card.splits) == ["eval", "shift-both"]  # the held-out one first
+    assert "shift-both/harmful_refusal_rate" in card.metrics

@@ -53,15 +53,17 @@ def check_data(location: str, split: str | None, max_samples: int | None) -> tup
 def eval_splits(
     location: str, primary: str, requested: list[str] | None
 ) -> list[tuple[str, str | None]]:
-    """(split, shift) of every split to score, the primary first: `requested`, or every eval
-    split of the shard set (only `primary` when it holds none)."""
+    """(split, shift) of every split to score, the primary first: `requested`, or `primary`
+    and every other eval split of the shard set (`check_data` then refuses a primary that is
+    missing or of another kind, as before there were several)."""
     from data_pipeline.manifest import load_manifest
 
     manifest = load_manifest(location)
     if requested:
         names = list(dict.fromkeys(requested))
     else:
-        names = [n for n, sp in manifest.splits.items() if sp.kind == "eval"] or [primary]
+        names = [n for n, sp in manifest.splits.items() if sp.kind == "eval"]
+        names = [primary, *(n for n in names if n != primary)]
     if primary in names:
         names.remove(primary)
         names.insert(0, primary)
