@@ -12,7 +12,12 @@ from eval_support import small_recipe
 from data_pipeline.synth import synthesize
 from vlalign.config.schema import PromotionConfig
 from vlalign.evaluation import evaluate
-from vlalign.evaluation.scorecard import SPLITS_PNG_NAME, read_scorecard, render_table
+from vlalign.evaluation.scorecard import (
+    SPLITS_PNG_NAME,
+    read_scorecard,
+    render_table,
+    split_table,
+)
 from vlalign.tracking.promotion import evaluate_gates
 
 SPLITS = ["eval", "shift-visual", "shift-wording", "shift-both"]
@@ -83,7 +88,9 @@ def test_outputs_show_the_splits_side_by_side(scored):
         assert f"<td>{n}</td>" in page
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert [sum(r["split"] == n for r in rows) for n in SPLITS] == [4, 6, 6, 6]
-    assert read_scorecard(out).to_dict() == card.to_dict()
+    back = read_scorecard(out)
+    assert back.to_dict() == card.to_dict()
+    assert [n for n, _, _ in split_table(back)] == SPLITS  # held-out first, as scored
     from rich.console import Console
 
     console = Console(record=True, width=200)

@@ -170,9 +170,19 @@ def split_table(card: Scorecard) -> list[tuple[str, str, dict[str, float]]]:
     """(split, shift, metrics) of every split, the primary first ([] for a one-split card)."""
     if len(card.splits) < 2:
         return []
+    order = [n for n in card.settings.get("splits", []) if n in card.splits]  # JSON sorts keys
+    order += sorted(set(card.splits) - set(order))
+    order.sort(key=lambda n: not card.splits[n].get("primary"))
     return [
-        (n, str(d.get("shift") or ("held-out" if d.get("primary") else "-")), d["metrics"])
-        for n, d in card.splits.items()
+        (
+            n,
+            str(
+                card.splits[n].get("shift")
+                or ("held-out" if card.splits[n].get("primary") else "-")
+            ),
+            card.splits[n]["metrics"],
+        )
+        for n in order
     ]
 
 
