@@ -9,7 +9,7 @@ Layout of a shard set (a directory or URL prefix)::
 
 Entry points: `synth.synthesize`, `converters.convert`, `writer.ShardSetWriter`,
 `reader.iter_samples` (one process), `reader.TrainLoader` (training: ranks x workers, seeded
-shuffling, resume from `position`, skip counts), `ray_data.read_ray_dataset` +
+shuffling, resume from `position`, skip counts, `augment.augment_sample` per sample), `ray_data.read_ray_dataset` +
 `ray_data.iter_ray_batches` (Ray Data), `transforms.make_transform` / `make_batch_transform`,
 `collate.collate_sft` / `collate_pairs`, `skips.SkipCounter`, `validate.validate`,
 `stats.compute_stats`; the `vlalign data` commands live in `commands`.

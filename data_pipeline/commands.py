@@ -16,6 +16,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         seed=args.seed,
         eval_pairs=args.eval_pairs,
+        shift_pairs=args.shift_pairs,
         image_size=args.image_size,
         shard_samples=args.shard_samples,
         overwrite=args.overwrite,
@@ -25,7 +26,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     for name, s in summary["splits"].items():
         cats = ", ".join(f"{k} {v}" for k, v in s["categories"].items())
         print(
-            f"  {name:<6} {s['kind']:<10} {s['samples']:>6} samples, {s['shards']} shards  ({cats})"
+            f"  {name:<13} {s['kind']:<10} {s['samples']:>6} samples, {s['shards']} shards  ({cats})"
         )
     return 0
 
@@ -48,6 +49,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         max_bytes=args.shard_bytes,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        shift=args.shift,
     )
     print(
         f"wrote split {r['split']} ({r['kind']}) of {r['out']}: {r['samples']} samples, "
@@ -116,6 +118,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--eval-pairs", type=int, default=None, help="eval samples (default max(64, pairs/4))"
     )
+    p.add_argument(
+        "--shift-pairs",
+        type=int,
+        default=None,
+        help="samples in each shifted eval split shift-visual/-wording/-both (default: as eval; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (the output is deterministic from it)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument(
@@ -148,6 +156,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--shard-bytes", type=int, default=DEFAULT_MAX_BYTES, help="bytes per shard")
     p.add_argument("--overwrite", action="store_true", help="replace the split if it exists")
+    p.add_argument(
+        "--shift",
+        help="mark an eval split as shifted from training, e.g. no-leak (scored apart by eval)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
 

@@ -97,30 +97,92 @@ def draw_cue(
         raise ValueError(cue.shape)
 
 
-def background(size: int, rng: random.Random) -> Image.Image:
-    """A light noisy background with a few small distractors (no cue)."""
-    base = rng.randint(200, 240)
-    noise = np.random.default_rng(rng.getrandbits(64))
-    grey = base + noise.integers(-18, 19, size=(size, size, 1))
-    tint = noise.integers(-6, 7, size=(size, size, 1))
-    arr = np.concatenate([grey, grey, grey + tint], axis=2).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
+# Training draws cues with radius in TRAIN_SCALE x side; the visual shift draws them outside it
+# (SHIFT_SCALES), on other backgrounds, with more clutter and colour jitter.
+TRAIN_SCALE = (0.22, 0.3)
+SHIFT_SCALES = ((0.14, 0.19), (0.33, 0.38))
+SHIFT_BACKGROUNDS = ("dark", "tinted", "gradient")
+SHIFT_JITTER = 0.2  # brightness / contrast / saturation factors in 1 +- this
+SHIFT_HUE = 0.02  # hue rotation in +- this (red and orange cues stay ~0.08 apart)
+
+
+def _clutter(img: Image.Image, rng: random.Random, count: int) -> None:
     draw = ImageDraw.Draw(img)
+    size = img.size[0]
     dmax = max(2, size // 8)
-    for _ in range(rng.randint(2, 4)):
+    for _ in range(count):
         d = rng.randint(1, dmax)
         x, y = rng.randint(0, size - d), rng.randint(0, size - d)
         draw.rectangle([x, y, x + d - 1, y + d - 1], fill=rng.choice(_DISTRACTOR_COLOURS))
+
+
+def background(size: int, rng: random.Random, kind: str = "plain") -> Image.Image:
+    """A noisy background with a few small distractors (no cue).
+
+    kind "plain" (training, held-out eval): light grey; the visual shift's "dark" (mid grey),
+    "tinted" (light, with a colour cast) and "gradient" (dark to light, top to bottom) carry
+    more clutter (5-9 distractors instead of 2-4).
+    """
+    noise = np.random.default_rng(rng.getrandbits(64))
+    if kind == "plain":
+        base = rng.randint(200, 240)
+        grey = base + noise.integers(-18, 19, size=(size, size, 1))
+        tint = noise.integers(-6, 7, size=(size, size, 1))
+        arr = np.concatenate([grey, grey, grey + tint], axis=2)
+    else:
+        if kind == "dark":
+            base = np.full((size, size, 1), rng.randint(140, 175))
+        elif kind == "gradient":
+            top, bottom = rng.randint(140, 170), rng.randint(215, 245)
+            base = np.linspace(top, bottom, size).round().astype(int)[:, None, None]
+            base = np.broadcast_to(base, (size, size, 1))
+        elif kind == "tinted":
+            base = np.full((size, size, 1), rng.randint(195, 230))
+        else:  # pragma: no cover - fixed table
+            raise ValueError(kind)
+        cast = [rng.randint(-22, 22) for _ in range(3)] if kind == "tinted" else [0, 0, 0]
+        grey = base + noise.integers(-18, 19, size=(size, size, 1))
+        arr = np.concatenate([grey + c for c in cast], axis=2)
+    img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
+    _clutter(img, rng, rng.randint(2, 4) if kind == "plain" else rng.randint(5, 9))
     return img
+
+
+def _jitter(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Global colour jitter of the visual shift (brightness, contrast, saturation, hue)."""
+    from PIL import ImageEnhance
+
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhancer(img).enhance(rng.uniform(1 - SHIFT_JITTER, 1 + SHIFT_JITTER))
+    shift = round(rng.uniform(-SHIFT_HUE, SHIFT_HUE) * 256)
+    hsv = np.asarray(img.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def draw_scene(
+    cue: Cue, size: int, layout_seed: str, *, shifted: bool = False
+) -> tuple[Image.Image, dict]:
+    """(image, how it was drawn) of `cue`: {"cue_scale": radius / side, "background": kind}.
+
+    The same `layout_seed` gives the same background and placement, so a harmful image and
+    its benign twin differ only in the cue. `shifted`: the visual shift (cue radius outside
+    TRAIN_SCALE, another background, more clutter, colour jitter; same cues, same meanings).
+    """
+    rng = random.Random(f"{'shift-' if shifted else ''}layout-{layout_seed}")
+    kind = rng.choice(SHIFT_BACKGROUNDS) if shifted else "plain"
+    img = background(size, rng, kind)
+    lo, hi = rng.choice(SHIFT_SCALES) if shifted else TRAIN_SCALE
+    scale = rng.uniform(lo, hi)
+    r = size * scale
+    cx = rng.uniform(min(r + 1, size / 2), max(size - r - 1, size / 2))
+    cy = rng.uniform(min(r + 1, size / 2), max(size - r - 1, size / 2))
+    draw_cue(ImageDraw.Draw(img), cue, cx, cy, r, random.Random(f"cue-{layout_seed}-{cue.name}"))
+    if shifted:
+        img = _jitter(img, rng)
+    return img, {"cue_scale": round(scale, 4), "background": kind}
 
 
 def scene(cue: Cue, size: int, layout_seed: str) -> Image.Image:
-    """The image of `cue`; the same `layout_seed` gives the same background and placement, so a
-    harmful image and its benign twin differ only in the cue."""
-    rng = random.Random(f"layout-{layout_seed}")
-    img = background(size, rng)
-    r = size * rng.uniform(0.22, 0.3)
-    cx = rng.uniform(r + 1, size - r - 1)
-    cy = rng.uniform(r + 1, size - r - 1)
-    draw_cue(ImageDraw.Draw(img), cue, cx, cy, r, random.Random(f"cue-{layout_seed}-{cue.name}"))
-    return img
+    """The training-distribution image of `cue` (see `draw_scene`)."""
+    return draw_scene(cue, size, layout_seed)[0]

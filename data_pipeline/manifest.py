@@ -4,10 +4,13 @@
      "splits": {"train": {"kind": "preference", "schema_version": 1, "samples": N, "bytes": B,
                           "digest": "sha256:...",
                           "shards": [{"name": "train-000000.tar", "samples": n, "bytes": b,
-                                      "sha256": "..."}]}},
+                                      "sha256": "..."}],
+                          "shift": null}},
      "total_samples": N, "total_bytes": B, "dataset_digest": "sha256:...",
      "source": "synth", "created": "2026-...Z", "info": {...}}
 
+`shift` marks an eval split that departs from the training distribution on purpose (synth's
+shift-visual / shift-wording / shift-both, a benchmark's no-leak subset); evaluation reports it.
 A split's digest is sha256 over its name, kind, schema version and its shards' sha256 in name
 order; the dataset digest is sha256 over the split digests in name order. Both depend on
 content only (tar members carry a fixed mtime), so the same data written twice has the same
@@ -54,6 +57,11 @@ class SplitInfo(BaseModel):
     samples: int = Field(..., ge=0)
     bytes: int = Field(..., ge=0)
     digest: str
+    shift: str | None = Field(
+        None,
+        description="How this eval split departs from training (e.g. visual, wording, no-leak); "
+        "None: in distribution. Metadata only: not part of the digest.",
+    )
 
 
 class Manifest(BaseModel):

@@ -27,6 +27,9 @@ and world size are never read from the environment.
   `position`. Resuming with `start_sample=position` skips those windows in every worker (raw
   tar reads, no decoding) and continues with exactly the batches an uninterrupted run would
   have produced next. `position` must be a multiple of B.
+- `augment` (the recipe's `data.augment`): each decoded sample is augmented with draws seeded by
+  (seed, epoch, key) (`data_pipeline.augment`), so resumed runs see the same images. Only this
+  training stream augments; `iter_samples` (evaluation, stats, validation) never does.
 - `loop=True` repeats epochs (epoch, epoch + 1, ...) without end, for step-based training;
   `loop=False` reads one epoch. Ranks may get different numbers of samples per epoch (whole
   shards go to one reader), so multi-rank training loops and stops at `train.max_steps`.
@@ -43,6 +46,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_pipeline.augment import augment_sample
 from data_pipeline.collate import COLLATE
 from data_pipeline.decode import decode_sample
 from data_pipeline.manifest import Manifest, load_manifest
@@ -50,6 +54,7 @@ from data_pipeline.shards import ShardError, iter_shard
 from data_pipeline.skips import OnError, SkipCounter, check_policy, handle
 from data_pipeline.sources import join
 from data_pipeline.transforms import TRAIN_KINDS, make_batch_transform
+from vlalign.config.schema import AugmentConfig
 from vlalign.errors import DataError
 
 
@@ -348,6 +353,7 @@ class BatchStream(IterableDataset):
         start_sample: int = 0,
         on_error: str = "raise",
         verify: bool = True,
+        augment: AugmentConfig | None = None,
     ) -> None:
         super().__init__()
         if kind not in TRAIN_KINDS:
@@ -372,6 +378,7 @@ class BatchStream(IterableDataset):
         self.start_sample = start_sample
         self.on_error = check_policy(on_error)
         self.verify = verify
+        self.augment = augment if augment is not None and augment.enabled else None
 
     def _assignment(self, worker: int, n_workers: int) -> tuple[int, int]:
         """(logical worker, raw samples to skip) of DataLoader worker `worker` on resume.
@@ -438,9 +445,15 @@ class BatchStream(IterableDataset):
         samples = []
         for raw in window:
             try:
-                samples.append(decode_sample(raw, self.ref.kind))
+                sample = decode_sample(raw, self.ref.kind)
             except DataError as e:
                 handle(e, self.on_error, skips)
+                continue
+            if self.augment is not None:
+                sample = augment_sample(
+                    sample, self.augment, seed=self.seed, epoch=raw["__epoch__"]
+                )
+            samples.append(sample)
         examples = transform(samples)
         batch = collate(examples) if examples else {"n_examples": 0}
         n, reasons = skips.take()
@@ -481,6 +494,7 @@ class TrainLoader:
         start_sample: int = 0,
         on_error: str = "raise",
         verify: bool = True,
+        augment: AugmentConfig | None = None,
     ) -> None:
         self.stream = BatchStream(
             location,
@@ -498,6 +512,7 @@ class TrainLoader:
             start_sample=start_sample,
             on_error=on_error,
             verify=verify,
+            augment=augment,
         )
         self.num_workers = num_workers
         self.batch_size = batch_size

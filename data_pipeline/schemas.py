@@ -6,16 +6,20 @@ A shard sample is `<key>.json` (one record below, UTF-8 JSON) plus its images as
 `SCHEMA_VERSION`; readers refuse versions they do not know.
 
 Kinds:
-- "sft":        prompt (or messages), response
-- "preference": prompt, chosen, rejected (SFT reads `chosen` as the response)
+- "sft":        prompt (or messages), response, optional paraphrases
+- "preference": prompt, chosen, rejected, optional paraphrases (SFT reads `chosen` as the
+                response)
 - "eval":       prompt, label harmful|benign, category, optional reference / chosen / rejected
 
 Every record has `meta` (category, source, harmful flag; extra keys allowed).
+`paraphrases` are alternative wordings of the prompt with the same meaning (and the same right
+answer); prompt augmentation (`data.augment.paraphrase`) picks among prompt + paraphrases.
 
 Decoded sample (what readers yield, a plain dict)::
 
     {"key": str, "shard": str, "kind": str, "images": list[PIL.Image.Image RGB], "prompt": str,
-     "meta": dict, + "response" [+ "messages"] | "chosen", "rejected" |
+     "meta": dict, "paraphrases": list[str] (training kinds; [] when absent),
+     + "response" [+ "messages"] | "chosen", "rejected" |
      "label", "category", "reference", "chosen", "rejected" (None when absent)}
 """
 
@@ -69,6 +73,11 @@ class _Record(BaseModel):
         return self
 
 
+_PARAPHRASES = Field(
+    None, description="Other wordings of the prompt, same meaning (prompt augmentation)."
+)
+
+
 class SFTRecord(_Record):
     """Supervised sample: the prompt (or a conversation ending with a user turn) and a response."""
 
@@ -76,6 +85,7 @@ class SFTRecord(_Record):
     prompt: str | None = None
     messages: list[Message] | None = None
     response: str
+    paraphrases: list[str] | None = _PARAPHRASES
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> SFTRecord:
@@ -100,6 +110,7 @@ class PreferenceRecord(_Record):
     prompt: str
     chosen: str
     rejected: str
+    paraphrases: list[str] | None = _PARAPHRASES
 
 
 class EvalRecord(_Record):
@@ -160,10 +171,12 @@ def record_fields(record: _Record) -> dict[str, Any]:
     if isinstance(record, SFTRecord):
         out["prompt"] = record.prompt_text
         out["response"] = record.response
+        out["paraphrases"] = list(record.paraphrases or [])
         if record.messages is not None:
             out["messages"] = [m.model_dump() for m in record.messages]
     elif isinstance(record, PreferenceRecord):
         out.update(prompt=record.prompt, chosen=record.chosen, rejected=record.rejected)
+        out["paraphrases"] = list(record.paraphrases or [])
     else:
         assert isinstance(record, EvalRecord)
         out.update(

@@ -193,6 +193,7 @@ class ShardSetWriter:
             self.manifest.source = source
         self.manifest.info.update(info or {})
         self._splits: dict[str, _SplitWriter] = {}
+        self._shifts: dict[str, str | None] = {}
         self.closed = False
 
     def _split(self, name: str, kind: str) -> _SplitWriter:
@@ -229,12 +230,20 @@ class ShardSetWriter:
             raise DataError("writer is closed")
         self._split(split, record.kind).write(record, images, key)
 
+    def mark_shift(self, split: str, shift: str | None) -> None:
+        """Record in the manifest how eval split `split` departs from training (None: it does
+        not), e.g. "visual" or a benchmark's "no-leak"; applied when the split is written."""
+        self._shifts[check_key(split)] = shift
+
     def close(self) -> Manifest:
         """Finish every shard and write the manifest (atomically, last)."""
         if self.closed:
             return self.manifest
         for name, sw in self._splits.items():
             self.manifest.splits[name] = make_split(name, sw.kind, sw.finish())
+        for name, shift in self._shifts.items():
+            if name in self.manifest.splits:
+                self.manifest.splits[name].shift = shift
         fsync_dir(self.directory)
         self.manifest.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_manifest(self.directory, self.manifest)

@@ -23,10 +23,11 @@ def small_recipe(model_cache: str, max_new_tokens: int = 8, batch_size: int = 5)
 
 
 def synth_eval(out_dir: Path, eval_pairs: int = 12, seed: int = 0) -> Path:
-    """`vlalign data synth` shards: a 'train' (preference) and an 'eval' split of eval_pairs samples."""
+    """`vlalign data synth` shards: a 'train' (preference) and an 'eval' split of eval_pairs
+    samples (no shifted splits: tests/unit/test_eval_splits.py covers those)."""
     from data_pipeline.synth import synthesize
 
-    synthesize(out_dir, pairs=2, seed=seed, eval_pairs=eval_pairs)
+    synthesize(out_dir, pairs=2, seed=seed, eval_pairs=eval_pairs, shift_pairs=0)
     return out_dir
 
 

@@ -48,13 +48,20 @@ def convert(
     max_bytes: int = DEFAULT_MAX_BYTES,
     overwrite: bool = False,
     progress: bool = False,
+    shift: str | None = None,
 ) -> dict[str, Any]:
     """Convert `src` in format `fmt` into split `split` of the shard set `out`.
+
+    `shift` marks an eval split as departing from training on purpose (manifest `shift`, e.g.
+    "no-leak" for a benchmark subset whose text does not give the harm away); evaluation
+    reports it beside the held-out split.
 
     Returns {"split", "kind", "samples", "skipped", "skip_reasons", "dataset_digest", "out"}.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if shift is not None and kind not in (None, "eval"):
+        raise DataError(f"--shift marks eval splits only (--kind is {kind})")
     policy = check_policy(on_error)
     module = FORMATS[fmt]
     src_p = Path(src)
@@ -79,6 +86,8 @@ def convert(
         overwrite=overwrite,
         info={f"convert.{split}": {"format": fmt, "src": str(src_p)}},
     ) as w:
+        if shift is not None:
+            w.mark_shift(split, shift)
         for item in module.items(src_p, opts):
             bar.update(1)
             if isinstance(item, DataError):

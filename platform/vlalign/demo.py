@@ -1,12 +1,14 @@
 """`vlalign demo`: align a tiny VLM end to end on this machine, with evidence.
 
 Stages (each with a status line):
-  1. synthesize image-conditioned safety data (train + held-out eval shards);
+  1. synthesize image-conditioned safety data (train + held-out eval shards, and shifted eval
+     splits: shift-visual, shift-wording, shift-both);
   2. evaluate the untrained tiny model (scorecard "base");
   3. SFT with LoRA (recipe tiny/demo-sft), exported merged, then DPO with LoRA on top of it
      (recipe tiny/demo), each on a local Ray cluster with 2 workers and DeepSpeed ZeRO-2
      (`--no-ray`: the same loop in local processes);
-  4. evaluate after each (scorecards "sft", "dpo"); everything is logged to the MLflow store;
+  4. evaluate after each on every eval split (scorecards "sft", "dpo"); everything is logged to
+     the MLflow store (the recipes train with augmentation: data.augment);
   5. register the DPO model, run the promotion gates, say whether it became champion and why;
   6. print base / sft / dpo side by side and how to look at it all (`vlalign ui`).
 """
@@ -173,6 +175,7 @@ def run_demo(
         "seconds": round(say.elapsed(), 1),
         "scorecards": {k: v.to_dict()["metrics"] for k, v in cards.items()},
         "per_category": {k: v.to_dict()["per_category"] for k, v in cards.items()},
+        "splits": {k: {n: d["metrics"] for n, d in v.splits.items()} for k, v in cards.items()},
         "promotion": promotion,
         "tracking_uri": dpo.tracking.uri,
     }
@@ -223,6 +226,7 @@ def print_table(summary: dict) -> None:
         )
     console = Console()
     console.print(t)
+    console.print(_splits_table(summary.get("splits", {})))
     p = summary["promotion"]
     if p["champion"]:
         console.print(
@@ -235,6 +239,27 @@ def print_table(summary: dict) -> None:
     console.print(
         f"finished in {summary['seconds']:.0f} s. Look at runs, scorecards and the registry: vlalign ui"
     )
+
+
+def _splits_table(splits: dict):
+    """Held-out next to the shifted splits: harmful / benign refusal per stage and split."""
+    from rich.table import Table
+
+    t = Table(title="held-out vs shifted eval splits: harmful refusal / benign refusal")
+    t.add_column("split")
+    for stage in splits:
+        t.add_column(stage, justify="right")
+    for name in next(iter(splits.values()), {}):
+        cells = [splits[s].get(name, {}) for s in splits]
+        t.add_row(
+            name,
+            *[
+                f"{c.get('harmful_refusal_rate', float('nan')):.3f} / "
+                f"{c.get('benign_refusal_rate', float('nan')):.3f}"
+                for c in cells
+            ],
+        )
+    return t
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

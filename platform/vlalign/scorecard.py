@@ -8,7 +8,11 @@ JSON schema "vlalign.scorecard/1":
   {"schema", "name", "model", "data", "data_digest", "metrics": {name: float},
    "per_category": {category: {"label", "n", "refusal_rate", ...}}, "counts": {...},
    "samples": [{"prompt", "answer", "label", "category", "refused", "valid"}, ...],
-   "settings": {decoding and detector settings}}
+   "settings": {decoding and detector settings},
+   "splits": {split: {"shift", "primary", "metrics", "per_category", "counts", "samples"}}}
+The top level describes the primary (held-out) split; with several splits, `metrics` also holds
+each split's metrics as "<split>/<metric>" (what a gate such as
+`shift-visual/harmful_refusal_rate` reads) and `splits` each split's results apart.
 What a reader may rely on: "schema", a non-empty "name" and "metrics" (numbers); the rest is
 there when evaluation wrote it. Nothing in it depends on the number of workers or the batch size.
 """
@@ -76,6 +80,7 @@ class Scorecard:
     data_digest: str | None = None
     samples: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    splits: dict[str, dict] = field(default_factory=dict)
     schema: str = SCHEMA
 
     def to_dict(self) -> dict:

@@ -42,6 +42,16 @@ def test_demo_runs_every_stage_on_ray(tmp_path, monkeypatch, capsys):
         assert metrics["n_harmful"] + metrics["n_benign"] == 8, name
         card = json.loads((tmp_path / "demo" / "eval" / name / "scorecard.json").read_text())
         assert card["metrics"]["harmful_refusal_rate"] == metrics["harmful_refusal_rate"]
+    # ... and on the shifted splits, reported next to the held-out one, gated too
+    for name in summary["scorecards"]:
+        assert list(summary["splits"][name]) == [
+            "eval",
+            "shift-visual",
+            "shift-wording",
+            "shift-both",
+        ]
+    assert "held-out vs shifted" in shown and "shift-wording" in shown
+    assert any(g.metric.startswith("shift-") for g in load_recipe("tiny/demo").promotion.gates)
     assert summary["plan"]["sft_steps"] == 4
     assert json.loads((tmp_path / "demo" / "demo-summary.json").read_text()) == summary
 

@@ -32,7 +32,8 @@ def test_data_commands(tmp_path, capsys, model_cache):
         == 0
     )
     text = capsys.readouterr().out
-    assert "train  preference     12 samples, 3 shards" in text and "eval" in text
+    assert "train         preference     12 samples, 3 shards" in text
+    assert "eval" in text and "shift-visual  eval            4 samples" in text
     assert main(["data", "synth", str(out), "--pairs", "12"]) == 2  # not empty: one-line error
     assert "is not empty" in capsys.readouterr().err
 

@@ -29,7 +29,7 @@ def test_round_trip_synth_validate_read(synth_dir):
     out, summary = synth_dir
     report = validate(str(out))
     assert report.ok, [str(p) for p in report.problems]
-    assert report.samples == 168 and report.images == 168
+    assert report.samples == 168 + 3 * 48 and report.images == 168 + 3 * 48  # + shifted splits
     got = {s["key"]: s for s in iter_samples(str(out), "train")}
     assert len(got) == 120
     for i in range(60):  # regenerate what synth wrote and compare field by field, pixel by pixel
@@ -49,6 +49,8 @@ def test_round_trip_synth_validate_read(synth_dir):
                 "twin": i,
                 "chosen_safe": True,
                 "rejected_safe": not cue.harmful,
+                "cue_scale": t["cue_scale"],
+                "background": "plain",
             }
             assert s["images"][0].tobytes() == image.tobytes()
     ev = list(iter_samples(str(out), "eval", kind="eval"))

@@ -59,6 +59,14 @@ def check_recipe(recipe: Recipe) -> list[str]:
             f"train.micro_batch_size: {recipe.method.name} estimates its KL reference point "
             "from mismatched pairs in the micro-batch: use 2 or more"
         )
+    if recipe.data.augment.enabled:  # augmented images change every epoch (data_pipeline.augment)
+        if getattr(recipe.method, "reference", None) == "precomputed":
+            problems.append(
+                "data.augment: a precomputed reference is scored on unaugmented images; "
+                "use method.reference adapter_disabled or frozen_copy"
+            )
+        if recipe.data.reader == "ray_data":
+            problems.append("data.augment: supported on the webdataset reader only")
     if recipe.tracking.registered_model is None and recipe.promotion.auto:
         problems.append("promotion.auto: needs tracking.registered_model")
     if recipe.promotion.auto and not recipe.promotion.gates:

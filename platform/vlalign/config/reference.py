@@ -109,6 +109,12 @@ def render_reference() -> str:
             lines.append(
                 f"| `{name}.{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |"
             )
+            sub = f.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):  # a nested section
+                for sn, sf in sub.model_fields.items():
+                    lines.append(
+                        f"| `{name}.{n}.{sn}` | {_type_name(sf.annotation)} | {_default(sf)} | {sf.description} |"
+                    )
             if n == "gates":
                 from vlalign.config.schema import Gate
 

@@ -93,6 +93,54 @@ class PeftConfig(Section):
     )
 
 
+class AugmentConfig(Section):
+    """Training-time augmentation of images and prompts (never applied to evaluation).
+
+    Each sample's draw is seeded by (train.seed, epoch, sample key): a resumed run sees the same
+    augmented images, and every epoch sees new ones.
+    """
+
+    enabled: bool = Field(False, description="Augment training samples (images and prompts).")
+    scale: tuple[float, float] = Field(
+        (0.7, 1.3),
+        description="Zoom range: <1 shrinks the image inside the frame, >1 crops into it.",
+    )
+    translate: float = Field(
+        0.12, ge=0, le=0.5, description="Largest shift of the content, as a fraction of the side."
+    )
+    flip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
+    brightness: float = Field(
+        0.25, ge=0, lt=1, description="Brightness factor drawn from 1 +- this."
+    )
+    contrast: float = Field(0.25, ge=0, lt=1, description="Contrast factor drawn from 1 +- this.")
+    saturation: float = Field(
+        0.25, ge=0, lt=1, description="Saturation factor drawn from 1 +- this."
+    )
+    hue: float = Field(
+        0.02,
+        ge=0,
+        le=0.5,
+        description="Hue shift drawn from +- this (fraction of the colour circle); keep it small "
+        "where colour carries meaning.",
+    )
+    noise: float = Field(
+        0.03, ge=0, le=1, description="Std of Gaussian pixel noise, as a fraction of 255."
+    )
+    paraphrase: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Probability of replacing the prompt by one of the record's paraphrases.",
+    )
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AugmentConfig:
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
+        return self
+
+
 class DataConfig(Section):
     """Where the shards are and how they are read."""
 
@@ -123,6 +171,10 @@ class DataConfig(Section):
         512, ge=8, description="Pairs `vlalign run` synthesizes when `train` is null."
     )
     synth_seed: int = Field(0, ge=0, description="Seed of synthesized data.")
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="Training-time image and prompt augmentation (off by default).",
+    )
 
 
 def _losses(method: str) -> Any:
@@ -537,8 +589,14 @@ class EvalConfig(Section):
     judge_model: str | None = Field(
         None, description="Judge model path or id (refusal_detector: judge)."
     )
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many prompts.")
+    max_samples: int | None = Field(
+        None, ge=1, description="Evaluate at most this many prompts (per split)."
+    )
     num_workers: int = Field(1, ge=1, description="Ray workers the eval set is split across.")
+    splits: list[str] | None = Field(
+        None,
+        description="Eval splits scored, each reported apart; null: every eval split of the shard set.",
+    )
 
 
 class TrackingConfig(Section):
@@ -561,7 +619,10 @@ class TrackingConfig(Section):
 class Gate(Section):
     """One promotion gate over a scorecard metric."""
 
-    metric: str = Field(..., description="Scorecard metric, e.g. harmful_refusal_rate.")
+    metric: str = Field(
+        ...,
+        description="Scorecard metric, e.g. harmful_refusal_rate, or a split's: shift-visual/harmful_refusal_rate.",
+    )
     op: Literal[">=", "<=", ">", "<"] = Field(..., description="Comparison.")
     value: float = Field(..., description="Threshold.")
 

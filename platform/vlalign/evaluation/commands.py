@@ -41,15 +41,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fetch=MlflowFetch(uri),
         progress=True,
+        splits=args.split,
     )
     if args.run:
         from vlalign.tracking.scorecard_log import log_scorecard
 
         log_scorecard(card, args.run, args.name, tracking_uri=uri)
     print_table(card)
+    n = sum(int(d["metrics"]["n_total"]) for d in card.splits.values())
+    where = f", {len(card.splits)} splits" if len(card.splits) > 1 else ""
     print(
         f"wrote {out}/{JSON_NAME}, {out}/{PNG_NAME}, {out}/{HTML_NAME} "
-        f"({int(card.metrics['n_total'])} prompts, {time.perf_counter() - t0:.1f} s)"
+        f"({n} prompts{where}, {time.perf_counter() - t0:.1f} s)"
     )
     if args.run:
         print(f"logged to MLflow run {args.run} under eval/{args.name}/")
@@ -63,8 +66,9 @@ def register(subparsers) -> None:
         help="safety evaluation: refusal rates, over-refusal, validity -> scorecard",
         description=(
             "Generate answers for every eval prompt and score them: harmful/benign refusal "
-            "rates, attack success, text validity, per-category rates, pair accuracy. Writes "
-            "scorecard.json, a PNG chart and an HTML page."
+            "rates, attack success, text validity, per-category rates, pair accuracy. Every "
+            "eval split of the shard set (held-out and shifted) is scored and reported apart. "
+            "Writes scorecard.json, PNG charts and an HTML page."
         ),
     )
     p.add_argument(
@@ -79,6 +83,11 @@ def register(subparsers) -> None:
         "--recipe", help="recipe file or shipped name (decoding, max_length, base model)"
     )
     p.add_argument("--out", help="output directory (default eval/NAME)")
+    p.add_argument(
+        "--split",
+        action="append",
+        help="score only this eval split (repeatable; default: every eval split of --data)",
+    )
     p.add_argument("--workers", type=int, help="Ray workers to split the eval set across")
     p.add_argument("--max-samples", type=int, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")

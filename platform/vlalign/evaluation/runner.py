@@ -4,6 +4,12 @@ Steps: check the data (exists, eval records, not empty) and resolve the model re
 every prompt (one process, or split across Ray workers); detect refusals and check validity on
 the merged answers; compute metrics; write the outputs. Logging the scorecard to an MLflow run
 is the tracking layer's (`vlalign.tracking.scorecard_log.log_scorecard`): no MLflow here.
+
+Splits: every eval split of the shard set is scored in the same call (one model load), or the
+ones named (`splits`, recipe `eval.splits`). The primary split (`data.eval_split`, "eval": the
+held-out one) gives the card's top-level metrics, per-category table and samples; each split's
+results are in `card.splits`, and its metrics also appear flat as `<split>/<metric>`
+(`shift-visual/harmful_refusal_rate`), which promotion gates and MLflow read.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from vlalign.safety.validity import Validity, text_validity
 from vlalign.scorecard import Scorecard
 
 N_SAMPLES = 8  # rows kept in the scorecard's "samples"
+N_SPLIT_SAMPLES = 4  # rows kept per split in the scorecard's "splits"
 
 
 def _is_url(location: str) -> bool:
@@ -43,6 +50,26 @@ def check_data(location: str, split: str | None, max_samples: int | None) -> tup
         raise DataError(f"--data {location}: the eval set (split {ref.split!r}) is empty")
     next(iter_eval_samples(location, split, 1))  # the first record decodes and is an eval record
     return ref.manifest.dataset_digest, n
+
+
+def eval_splits(
+    location: str, primary: str, requested: list[str] | None
+) -> list[tuple[str, str | None]]:
+    """(split, shift) of every split to score, the primary first: `requested`, or `primary`
+    and every other eval split of the shard set (`check_data` then refuses a primary that is
+    missing or of another kind, as before there were several)."""
+    from data_pipeline.manifest import load_manifest
+
+    manifest = load_manifest(location)
+    if requested:
+        names = list(dict.fromkeys(requested))
+    else:
+        names = [n for n, sp in manifest.splits.items() if sp.kind == "eval"]
+        names = [primary, *(n for n in names if n != primary)]
+    if primary in names:
+        names.remove(primary)
+        names.insert(0, primary)
+    return [(n, getattr(manifest.splits.get(n), "shift", None)) for n in names]
 
 
 def score_rows(raw: list[dict], detector: RefusalDetector) -> list[EvalRow]:
@@ -93,6 +120,7 @@ def evaluate(
     detector: RefusalDetector | None = None,
     fetch: Fetch | None = None,
     progress: bool = False,
+    splits: list[str] | None = None,
 ) -> Scorecard:
     """Evaluate `model_ref` on the eval shards `data`; write outputs to `out_dir`; return the card.
 
@@ -100,6 +128,8 @@ def evaluate(
     adapters without a recorded base; default Recipe(). num_workers: Ray workers (default
     recipe.eval.num_workers; 1 runs in this process). fetch: how an MLflow model reference
     is downloaded (`vlalign.tracking.model_fetch.MlflowFetch`); None refuses such references.
+    splits: the eval splits to score (default recipe.eval.splits, else every eval split of
+    `data`); see the module docstring for how they appear in the card.
     """
     recipe = recipe or Recipe()
     ev = recipe.eval
@@ -108,14 +138,21 @@ def evaluate(
         raise VlalignError("no eval data: pass --data EVAL_SHARDS (or set eval.data in the recipe)")
     if not _is_url(data):
         data = str(Path(data).resolve())
-    split = recipe.data.eval_split
+    primary = recipe.data.eval_split
     max_samples = max_samples or ev.max_samples
     num_workers = num_workers or ev.num_workers
     if num_workers < 1:
         raise VlalignError(f"--workers must be >= 1, got {num_workers}")
     out_dir = Path(out_dir)
 
-    digest, n_prompts = check_data(data, split, max_samples)
+    if not _is_url(data) and not Path(data).is_dir():
+        raise VlalignError(f"--data {data}: no such directory")
+    targets = eval_splits(data, primary, splits or ev.splits)
+    digest, n_prompts = "", 0
+    for split_name, _ in targets:
+        digest, n = check_data(data, split_name, max_samples)
+        n_prompts += n
+    split = targets[0][0]
     import torch
 
     if not torch.cuda.is_available():  # see training/loop.py: oversubscribed OpenMP threads spin
@@ -137,40 +174,47 @@ def evaluate(
             max_samples=max_samples,
             logprob_chunk=recipe.method.logprob_chunk,
             fetch=fetch,
+            splits=tuple(n for n, _ in targets),
         )
         parts = _answer(job, num_workers, recipe, n_prompts, progress)
-    from vlalign.evaluation.distributed import merge_rows
-
-    raw, pair_kind, skipped_pairs = merge_rows(parts)
-    if not raw:
-        raise DataError(f"--data {data}: the eval set (split {split!r}) is empty")
-    rows = score_rows(raw, detector)
-    result = compute_metrics(rows, pair_kind)
-    if skipped_pairs:
-        result.counts["pairs_skipped_no_reference"] = skipped_pairs
+    merged = {n: _merge_split(parts, n, data) for n, _ in targets}
+    scored = iter(score_rows([r for raw, _, _ in merged.values() for r in raw], detector))
+    per_split: dict[str, tuple[list[EvalRow], object]] = {}
+    for n, (raw, pair_kind, skipped_pairs) in merged.items():
+        rows_n = [next(scored) for _ in raw]
+        res = compute_metrics(rows_n, pair_kind)
+        if skipped_pairs:
+            res.counts["pairs_skipped_no_reference"] = skipped_pairs
+        per_split[n] = (rows_n, res)
+    rows, result = per_split[split]
+    pair_kind = merged[split][1]
+    metrics = dict(result.metrics)
+    if len(targets) > 1:  # every split's metrics, flat: "<split>/<metric>"
+        for n, (_, res) in per_split.items():
+            metrics.update({f"{n}/{k}": v for k, v in res.metrics.items()})
     card = Scorecard(
         name=name,
         model=model_ref,
         data=data,
         data_digest=digest,
-        metrics=result.metrics,
+        metrics=metrics,
         per_category=result.per_category,
         counts=result.counts,
-        samples=[
-            {
-                "key": r.key,
-                "label": r.label,
-                "category": r.category,
-                "prompt": r.prompt,
-                "answer": r.answer,
-                "refused": r.refused,
-                "valid": r.valid,
-                **({"pair_rewards": list(r.pair_rewards)} if r.pair_rewards else {}),
+        samples=[_sample_json(r) for r in rows[:N_SAMPLES]],
+        splits={
+            n: {
+                "shift": shift,
+                "primary": n == split,
+                "metrics": per_split[n][1].metrics,
+                "per_category": per_split[n][1].per_category,
+                "counts": per_split[n][1].counts,
+                "samples": [_sample_json(r) for r in per_split[n][0][:N_SPLIT_SAMPLES]],
             }
-            for r in rows[:N_SAMPLES]
-        ],
+            for n, shift in targets
+        },
         settings={
             "split": split,
+            "splits": [n for n, _ in targets],
             "max_samples": max_samples,
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
@@ -183,7 +227,12 @@ def evaluate(
     )
     write_outputs(card, out_dir)
     (out_dir / "rows.jsonl").write_text(
-        "".join(json.dumps(_row_json(r)) + "\n" for r in rows), encoding="utf-8"
+        "".join(
+            json.dumps({"split": n, **_row_json(r)}) + "\n"
+            for n, (rows_n, _) in per_split.items()
+            for r in rows_n
+        ),
+        encoding="utf-8",
     )
     return card
 
@@ -206,6 +255,37 @@ def _answer(
             gpus_per_worker=recipe.resources.gpus_per_worker,
             on_done=lambda done, total: bar.update(1),
         )
+
+
+def _merge_split(parts: list[dict], split: str, data: str) -> tuple[list[dict], str | None, int]:
+    """One split's rows of every worker, merged in index order (distributed.merge_rows)."""
+    from vlalign.evaluation.distributed import merge_rows
+
+    mine = [
+        {
+            "rows": [r for r in p["rows"] if r.get("split", split) == split],
+            "pair_kind": p["pair_kind"],
+            "skipped_pairs": p.get("skipped_by_split", {}).get(split, 0),
+        }
+        for p in parts
+    ]
+    raw, pair_kind, skipped = merge_rows(mine)
+    if not raw:
+        raise DataError(f"--data {data}: the eval set (split {split!r}) is empty")
+    return raw, pair_kind, skipped
+
+
+def _sample_json(r: EvalRow) -> dict:
+    return {
+        "key": r.key,
+        "label": r.label,
+        "category": r.category,
+        "prompt": r.prompt,
+        "answer": r.answer,
+        "refused": r.refused,
+        "valid": r.valid,
+        **({"pair_rewards": list(r.pair_rewards)} if r.pair_rewards else {}),
+    }
 
 
 def _row_json(r: EvalRow) -> dict:

@@ -1,7 +1,8 @@
 """One evaluation worker: load the model, answer its slice of the eval set, score pairs.
 
 A worker with number `worker` of `num_workers` takes the samples whose index i (position in the
-shard set's reading order) has i % num_workers == worker. It returns plain-dict rows (no images)
+split's reading order) has i % num_workers == worker, in each split of the job in turn (one
+model load for all of them); every row names its split. It returns plain-dict rows (no images)
 carrying their index, so the driver can merge any number of workers back into index order.
 Refusal detection and metrics happen once, in the driver, on the merged rows.
 """
@@ -20,7 +21,10 @@ from vlalign.models.generation import GenerationSettings, generate
 
 @dataclass
 class EvalJob:
-    """Everything a worker needs (picklable): model, data, decoding and length limits."""
+    """Everything a worker needs (picklable): model, data, decoding and length limits.
+
+    `splits`: the eval splits answered in turn (empty: only `split`).
+    """
 
     spec: ModelSpec
     data: str
@@ -31,6 +35,10 @@ class EvalJob:
     logprob_chunk: int = 1024
     device: str | None = None
     fetch: Fetch | None = None  # downloads MLflow models again on a node without the files
+    splits: tuple[str, ...] = ()
+
+    def all_splits(self) -> tuple[str | None, ...]:
+        return self.splits or (self.split,)
 
 
 def check_eval_sample(sample: dict, data: str) -> None:
@@ -97,9 +105,10 @@ def evaluate_slice(
 ) -> dict:
     """Answer (and pair-score) this worker's slice.
 
-    Returns {"rows": [...], "pair_kind": "implicit" | "reward" | None, "skipped_pairs": int}.
-    A row: {"index", "key", "prompt", "label", "category", "answer", "n_tokens",
-    "pair_rewards": [chosen, rejected] | None, "meta"}. A reward model answers nothing
+    Returns {"rows": [...], "pair_kind": "implicit" | "reward" | None, "skipped_pairs": int,
+    "skipped_by_split": {split: int}}. A row: {"split", "index" (within its split), "key",
+    "prompt", "label", "category", "answer", "n_tokens", "pair_rewards": [chosen, rejected] |
+    None, "meta"}. A reward model answers nothing
     (answer None): it only scores pairs.
     """
     import torch
@@ -112,11 +121,11 @@ def evaluate_slice(
     pair_kind = pair_kind_of(loaded)
     generates = loaded.reward_model is None
     rows: list[dict] = []
-    skipped_pairs = 0
+    skipped: dict[str | None, int] = {}
     batch: list[tuple[int, dict]] = []
+    split: str | None = None
 
     def flush() -> None:
-        nonlocal skipped_pairs
         if not batch:
             return
         samples = [s for _, s in batch]
@@ -129,11 +138,12 @@ def evaluate_slice(
         _, scores = score_pairs(loaded, encoder, paired, job.logprob_chunk)
         rewards = iter(scores)
         if paired and pair_kind is None:
-            skipped_pairs += len(paired)
+            skipped[split] = skipped.get(split, 0) + len(paired)
         for (i, s), g in zip(batch, answers, strict=True):
             pr = next(rewards) if has_pair(s) and pair_kind else None
             rows.append(
                 {
+                    "split": split,
                     "index": i,
                     "key": str(s.get("key", i)),
                     "prompt": s["prompt"],
@@ -149,11 +159,17 @@ def evaluate_slice(
             progress(len(batch))
         batch.clear()
 
-    for i, sample in iter_eval_samples(job.data, job.split, job.max_samples):
-        if i % num_workers != worker:
-            continue
-        batch.append((i, sample))
-        if len(batch) >= job.settings.batch_size:
-            flush()
-    flush()
-    return {"rows": rows, "pair_kind": pair_kind, "skipped_pairs": skipped_pairs}
+    for split in job.all_splits():
+        for i, sample in iter_eval_samples(job.data, split, job.max_samples):
+            if i % num_workers != worker:
+                continue
+            batch.append((i, sample))
+            if len(batch) >= job.settings.batch_size:
+                flush()
+        flush()  # batches never mix splits
+    return {
+        "rows": rows,
+        "pair_kind": pair_kind,
+        "skipped_pairs": sum(skipped.values()),
+        "skipped_by_split": skipped,
+    }

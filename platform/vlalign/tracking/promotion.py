@@ -6,6 +6,9 @@ Gates come from the recipe's `promotion` section: absolute thresholds over score
 (`vlalign.scorecard.DIRECTION`): a higher harmful refusal rate is better, a higher benign
 refusal rate (over-refusal) is worse.
 
+A metric may name a split of a multi-split scorecard, `shift-visual/harmful_refusal_rate`: its
+direction is the base metric's.
+
 `evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
 and either moves `champion` (recording the previous one in the model tag
 `vlalign.champion_history`, a JSON list used as a stack by `rollback`) and tags the version
@@ -90,6 +93,11 @@ class PromotionRefused(VlalignError):
         super().__init__(f"promotion of {name} version {version} refused: {failed}")
 
 
+def direction(metric: str) -> str | None:
+    """Which way is better for `metric`, also when it names a split (`<split>/<metric>`)."""
+    return DIRECTION.get(metric.rsplit("/", 1)[-1])
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -105,7 +113,7 @@ def evaluate_gates(
     A metric missing from the candidate's scorecard fails its gate. Regression gates pass when
     there is no champion (nothing to regress from) or the champion lacks the metric.
     """
-    unknown = sorted(set(cfg.max_regression) - set(DIRECTION))
+    unknown = sorted(m for m in cfg.max_regression if direction(m) is None)
     if unknown:
         raise VlalignError(
             f"promotion.max_regression: no direction known for {unknown} "
@@ -129,8 +137,8 @@ def evaluate_gates(
         ok = OPS[g.op](value, g.value)
         report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
     for metric, tol in sorted(cfg.max_regression.items()):
-        direction = DIRECTION[metric]
-        text = f"{metric} at most {tol:g} worse than champion ({direction} is better)"
+        better = direction(metric)
+        text = f"{metric} at most {tol:g} worse than champion ({better} is better)"
         value = metrics.get(metric)
         if not _finite(value):
             report.results.append(
@@ -142,7 +150,7 @@ def evaluate_gates(
             why = "no champion yet" if champion_metrics is None else "champion has no such metric"
             report.results.append(GateResult(text, metric, True, value, why))
             continue
-        worse_by = (base - value) if direction == HIGHER else (value - base)
+        worse_by = (base - value) if better == HIGHER else (value - base)
         ok = worse_by <= tol + 1e-12
         reason = f"got {value:g} vs champion v{champion} {base:g} (worse by {max(worse_by, 0):g})"
         report.results.append(GateResult(text, metric, ok, value, reason))

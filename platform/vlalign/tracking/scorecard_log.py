@@ -1,8 +1,9 @@
 """A scorecard in MLflow: logged to a run, its headline metrics as model-version tags.
 
-Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart and the
-HTML page; metrics `eval/<name>/<metric>` for every scorecard metric, and
-`eval/<name>/refusal_rate/<category>` (or `pair_accuracy/<category>`) per category. The
+Under the run's artifacts `eval/<name>/`: scorecard.json (`log_dict`), the PNG chart(s) and the
+HTML page; metrics `eval/<name>/<metric>` for every scorecard metric (a split's as
+`eval/<name>/<split>/<metric>`, e.g. eval/final/shift-visual/harmful_refusal_rate), and
+`eval/<name>/[<split>/]refusal_rate/<category>` (or `pair_accuracy/<category>`) per category. The
 scorecard's schema is `vlalign.scorecard`; evaluation writes it and never imports MLflow.
 """
 
@@ -14,7 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlalign.evaluation.report import HTML_NAME, PNG_NAME, write_chart, write_html
+from vlalign.evaluation.report import (
+    HTML_NAME,
+    PNG_NAME,
+    SPLITS_PNG_NAME,
+    write_chart,
+    write_html,
+    write_split_chart,
+)
 from vlalign.scorecard import JSON_NAME, Scorecard, read_scorecard
 
 TAG_PREFIX = "scorecard."
@@ -50,9 +58,11 @@ def log_scorecard(
     client.log_dict(run_id, card.to_dict(), f"{prefix}/{JSON_NAME}")
     with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
         png = write_chart(card, Path(tmp) / PNG_NAME)
-        page = write_html(card, png, Path(tmp) / HTML_NAME)
-        client.log_artifact(run_id, str(png), prefix)
-        client.log_artifact(run_id, str(page), prefix)
+        splits_png = write_split_chart(card, Path(tmp) / SPLITS_PNG_NAME)
+        page = write_html(card, png, Path(tmp) / HTML_NAME, splits_png)
+        for f in (png, page, splits_png):
+            if f is not None:
+                client.log_artifact(run_id, str(f), prefix)
     now = int(time.time() * 1000)
     metrics = [Metric(_metric_name(prefix, k), float(v), now, 0) for k, v in card.metrics.items()]
     metrics += [
@@ -61,6 +71,14 @@ def log_scorecard(
         for key in ("refusal_rate", "pair_accuracy")
         if key in row
     ]
+    if len(card.splits) > 1:  # each split's per-category rates too
+        metrics += [
+            Metric(_metric_name(prefix, split, key, cat), float(row[key]), now, 0)
+            for split, d in card.splits.items()
+            for cat, row in d["per_category"].items()
+            for key in ("refusal_rate", "pair_accuracy")
+            if key in row
+        ]
     for i in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 

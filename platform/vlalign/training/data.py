@@ -109,6 +109,7 @@ def batch_stream(
         shuffle=d.shuffle_buffer > 0,
         shuffle_buffer=max(d.shuffle_buffer, 1),
         start_sample=start_position,
+        augment=d.augment,
     )
     for batch in loader:
         yield batch, loader.position
@@ -117,7 +118,8 @@ def batch_stream(
 def epoch_batches(
     recipe: Recipe, encoder, data: DataInfo, kind: str, rank: int, world: int
 ) -> Iterator[dict]:
-    """One unshuffled epoch of this rank's slice as batches of `kind` (reference precompute)."""
+    """One unshuffled epoch of this rank's slice as batches of `kind` (reference precompute;
+    never augmented: `config.checks` refuses data.augment with a precomputed reference)."""
     yield from _loader(
         recipe,
         encoder,

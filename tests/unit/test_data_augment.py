@@ -1,0 +1,155 @@
+"""Training-time augmentation: seeded by (seed, epoch, key), exact for identity settings, equal
+after a resume, applied by the training stream only (never to evaluation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from data_pipeline.augment import augment_image, augment_sample, sample_rng
+from data_pipeline.reader import TrainLoader, iter_samples
+from data_pipeline.synth import synthesize
+from vlalign.config.checks import check_recipe
+from vlalign.config.schema import AugmentConfig, Recipe
+
+ON = AugmentConfig(enabled=True)
+OFF_GEOMETRY = dict(scale=(1.0, 1.0), translate=0.0, flip=0.0)
+OFF_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, noise=0.0)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("augment") / "ds"
+    synthesize(out, pairs=24, seed=1, eval_pairs=4, shift_pairs=0)
+    return str(out)
+
+
+def _bytes(sample: dict) -> list[bytes]:
+    return [im.tobytes() for im in sample["images"]]
+
+
+def test_seeded_by_seed_epoch_and_key(ds):
+    s = next(iter_samples(ds, "train"))
+    before = _bytes(s)
+    a = augment_sample(s, ON, seed=3, epoch=1)
+    assert _bytes(augment_sample(s, ON, seed=3, epoch=1)) == _bytes(a)  # same draw
+    assert _bytes(s) == before  # the input is not modified
+    assert _bytes(a) != before
+    assert _bytes(augment_sample(s, ON, seed=3, epoch=2)) != _bytes(a)
+    assert _bytes(augment_sample(s, ON, seed=4, epoch=1)) != _bytes(a)
+    assert _bytes(augment_sample({**s, "key": "other"}, ON, seed=3, epoch=1)) != _bytes(a)
+    assert a["images"][0].size == s["images"][0].size and a["images"][0].mode == "RGB"
+    off = augment_sample(s, AugmentConfig(), seed=3, epoch=1)
+    assert off is s  # disabled: untouched
+
+
+def test_identity_settings_and_flip_are_exact():
+    arr = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    ident = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR)
+    assert augment_image(img, ident, sample_rng(0, 0, "k")).tobytes() == img.tobytes()
+    flip = AugmentConfig(enabled=True, **{**OFF_GEOMETRY, "flip": 1.0}, **OFF_COLOUR)
+    got = augment_image(img, flip, sample_rng(0, 0, "k"))
+    assert got.tobytes() == ImageOps.mirror(img).tobytes()
+
+
+def test_zoom_out_shrinks_the_content_about_the_centre():
+    """scale 0.5 about the centre of a 16x16 image whose left half is black and right half white:
+    output x maps to input (x - 8) / 0.5 + 8 = 2x - 8, so columns 4..11 hold the content (left
+    black, right white) and columns 0..3 / 12..15 fall outside it and get the border mean colour
+    (border: 30 black + 30 white pixels -> 127.5 -> 128)."""
+    arr = np.zeros((16, 16, 3), dtype=np.uint8)
+    arr[:, 8:] = 255
+    img = Image.fromarray(arr, "RGB")
+    cfg = AugmentConfig(enabled=True, scale=(0.5, 0.5), translate=0.0, flip=0.0, **OFF_COLOUR)
+    out = np.asarray(augment_image(img, cfg, sample_rng(0, 0, "k")))
+    row = out[8, :, 0]
+    assert (row[:3] == 128).all() and (row[13:] == 128).all()
+    assert (row[4:7] < 40).all() and (row[9:12] > 215).all()
+
+
+def test_paraphrase_probability(ds):
+    s = next(iter_samples(ds, "train"))
+    assert s["paraphrases"]
+    always = AugmentConfig(enabled=True, paraphrase=1.0)
+    never = AugmentConfig(enabled=True, paraphrase=0.0)
+    got = {augment_sample(s, always, seed=0, epoch=e)["prompt"] for e in range(30)}
+    assert got <= set(s["paraphrases"]) and len(got) > 1
+    assert {augment_sample(s, never, seed=0, epoch=e)["prompt"] for e in range(5)} == {s["prompt"]}
+
+
+def _loader(ds, encoder, augment, start=0):
+    return TrainLoader(
+        ds,
+        "train",
+        kind="preference",
+        encoder=encoder,
+        batch_size=4,
+        seed=5,
+        shuffle_buffer=8,
+        start_sample=start,
+        augment=augment,
+    )
+
+
+def _take(loader, n):
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            return out
+    return out
+
+
+def test_resumed_stream_sees_the_same_augmented_batches(ds, model_cache):
+    from data_support import encoder_for
+
+    enc = encoder_for("tiny-llava", model_cache)
+    full = _take(_loader(ds, enc, ON), 9)  # 24 pairs / 4 = 6 batches per epoch: crosses epoch 1
+    assert [b["epoch"] for b in full] == [0] * 6 + [1] * 3
+    resumed = _take(_loader(ds, enc, ON, start=4 * 4), 5)
+    for a, b in zip(full[4:], resumed, strict=True):
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["chosen_input_ids"], b["chosen_input_ids"])
+    plain = _take(_loader(ds, enc, None), 9)
+    for a, p in zip(full, plain, strict=True):  # augmentation was applied, to every batch
+        assert not torch.equal(a["pixel_values"], p["pixel_values"])
+
+
+def test_eval_is_never_augmented(ds, model_cache, monkeypatch, tmp_path):
+    """Evaluation with a recipe that turns augmentation on: the augmenter is never called and
+    the scorecard equals the one without augmentation."""
+    from eval_support import small_recipe
+
+    from vlalign.evaluation import evaluate
+
+    calls = []
+    monkeypatch.setattr(
+        "data_pipeline.reader.augment_sample", lambda *a, **k: calls.append(1) or a[0]
+    )
+    on = small_recipe(model_cache, max_new_tokens=4)
+    on.data.augment = ON
+    off = small_recipe(model_cache, max_new_tokens=4)
+    a = evaluate("builtin:tiny-llava", ds, on, tmp_path / "on", max_samples=4)
+    b = evaluate("builtin:tiny-llava", ds, off, tmp_path / "off", max_samples=4)
+    assert calls == []
+    assert a.samples == b.samples and a.metrics == b.metrics
+
+
+def test_check_refuses_augment_with_precomputed_reference_or_ray_data():
+    r = Recipe()
+    r.data.augment.enabled = True
+    assert check_recipe(r) == []
+    r.data.reader = "ray_data"
+    assert any("data.augment" in p and "webdataset" in p for p in check_recipe(r))
+    r = Recipe.model_validate(
+        {
+            "data": {"augment": {"enabled": True}},
+            "method": {"name": "dpo", "reference": "precomputed"},
+        }
+    )
+    assert any("data.augment" in p and "precomputed" in p for p in check_recipe(r))
+    with pytest.raises(ValueError, match="scale"):
+        AugmentConfig(scale=(1.2, 0.8))
