@@ -25,6 +25,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise VlalignError(f"{flag} must be >= 1, got {v}")
     recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe()
     out = args.out or f"eval/{args.name}"
+    from vlalign.tracking.store import resolve_store
+
+    print(f"eval {args.model}: {resolve_store(args.tracking_uri or recipe.tracking.uri).describe()}")
     t0 = time.perf_counter()
     card = evaluate(
         args.model,
@@ -77,7 +80,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--name", default="safety", help="scorecard name (MLflow: eval/NAME/...)")
     p.add_argument("--run", help="MLflow run id to log the scorecard to")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: recipe or local store)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the recipe's, else MLFLOW_TRACKING_URI, else ./mlruns)",
+    )
     p.add_argument(
         "overrides",
         nargs="*",

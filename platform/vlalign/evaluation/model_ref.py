@@ -202,42 +202,62 @@ def spec_from_path(ref: str, path: Path, recipe: Recipe | None) -> ModelSpec:
     )
 
 
-def _download(ref: str, tracking_uri: str | None, dst: Path) -> Path:
+def _models_uri_location(ref: str, client) -> str:
+    """The artifact location a `models:/NAME@ALIAS[/PATH]`, `models:/NAME/VERSION[/PATH]` or
+    `models:/MODEL_ID` URI names, resolved with `client` (bound to the configured store).
+
+    MLflow's own resolution of models:/ URIs reads the process-wide registry URI (default
+    ./mlflow.db, created on the spot), not the store given to download_artifacts."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    base, path = ModelsArtifactRepository.split_models_uri(ref)
+    found = get_model_name_and_version(client, base)
+    if len(found) == 1:
+        location = client.get_logged_model(found[0]).artifact_location
+    else:
+        location = client.get_model_version_download_uri(*found)
+    return f"{location.rstrip('/')}/{path}" if path else location
+
+
+def _download(ref: str, tracking_uri: str | None, dst: Path, registry_uri: str | None = None) -> Path:
+    """Download an MLflow model or run's artifacts into dst, resolving names in the given store
+    (registry_uri defaults to tracking_uri), never in MLflow's process-wide default."""
     import mlflow
 
-    try:
-        if ref.startswith(("models:/", "runs:/")):
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=ref,
-                    dst_path=str(dst),
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
+    registry_uri = registry_uri or tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+    def fetch(uri: str) -> Path:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri,
+                dst_path=str(dst),
+                tracking_uri=tracking_uri,
+                registry_uri=registry_uri,
             )
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        )
+
+    try:
+        if ref.startswith("models:/"):
+            return fetch(_models_uri_location(ref, client))
+        if ref.startswith("runs:/"):
+            return fetch(ref)
         run = client.get_run(ref)
         models = client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
             filter_string=f"source_run_id = '{ref}'",
         )
         if models:
-            uri = f"models:/{models[0].model_id}"
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(dst),
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
-                )
-            )
+            return fetch(models[0].artifact_location)
         return Path(
             mlflow.artifacts.download_artifacts(
                 run_id=ref, artifact_path="", dst_path=str(dst), tracking_uri=tracking_uri
             )
         )
     except mlflow.exceptions.MlflowException as e:
-        raise VlalignError(f"--model {ref}: not found in MLflow ({tracking_uri}): {e}") from None
+        where = tracking_uri if registry_uri == tracking_uri else f"{tracking_uri}, {registry_uri}"
+        raise VlalignError(f"--model {ref}: not found in MLflow ({where}): {e}") from None
 
 
 def resolve_model_ref(
@@ -245,8 +265,12 @@ def resolve_model_ref(
     recipe: Recipe | None = None,
     tracking_uri: str | None = None,
     download_dir: str | Path | None = None,
+    registry_uri: str | None = None,
 ) -> ModelSpec:
-    """Turn `--model` into a ModelSpec (downloading MLflow models into download_dir or a temp dir)."""
+    """Turn `--model` into a ModelSpec (downloading MLflow models into download_dir or a temp dir).
+
+    tracking_uri / registry_uri: the store MLflow references resolve in (registry default: the
+    tracking store)."""
     if not ref:
         raise VlalignError(
             "--model is required (PATH, models:/NAME@ALIAS, runs:/..., RUN id, builtin:NAME)"
@@ -273,7 +297,7 @@ def resolve_model_ref(
             else Path(tempfile.mkdtemp(prefix="vlalign-eval-model-"))
         )
         dst.mkdir(parents=True, exist_ok=True)
-        local = _download(ref, tracking_uri, dst)
+        local = _download(ref, tracking_uri, dst, registry_uri)
         return spec_from_path(ref, local, recipe)
     raise VlalignError(
         f"--model {ref}: no such directory, and not models:/NAME@ALIAS, runs:/RUN_ID/PATH, "

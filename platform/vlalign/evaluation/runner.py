@@ -115,7 +115,8 @@ def evaluate(
         raise VlalignError(f"--workers must be >= 1, got {num_workers}")
     from vlalign.tracking.store import resolve_store
 
-    uri = resolve_store(tracking_uri or recipe.tracking.uri).uri
+    store = resolve_store(tracking_uri or recipe.tracking.uri)
+    uri = store.uri
     out_dir = Path(out_dir)
 
     digest, n_prompts = check_data(data, split, max_samples)
@@ -126,7 +127,9 @@ def evaluate(
     settings = GenerationSettings.from_eval_config(ev, batch_size)
     # an MLflow model is downloaded for the duration of the evaluation only
     with tempfile.TemporaryDirectory(prefix="vlalign-eval-model-") as download:
-        spec = resolve_model_ref(model_ref, recipe, uri, download_dir=download)
+        spec = resolve_model_ref(
+            model_ref, recipe, uri, download_dir=download, registry_uri=store.registry
+        )
         detector = detector or make_detector(  # a bad judge fails before any generation
             ev.refusal_detector, ev.judge_model, cache_dir=recipe.model.cache_dir
         )
@@ -140,6 +143,7 @@ def evaluate(
             max_samples=max_samples,
             logprob_chunk=recipe.method.logprob_chunk,
             tracking_uri=uri,
+            registry_uri=store.registry,
         )
         parts = _answer(job, num_workers, recipe, n_prompts, progress)
     from vlalign.evaluation.distributed import merge_rows

@@ -31,6 +31,7 @@ class EvalJob:
     logprob_chunk: int = 1024
     device: str | None = None
     tracking_uri: str | None = None
+    registry_uri: str | None = None
 
 
 def check_eval_sample(sample: dict, data: str) -> None:
@@ -78,7 +79,9 @@ def _local_spec(job: EvalJob) -> ModelSpec:
     if spec.path is None or Path(spec.path).exists():
         return spec
     if spec.ref.startswith(("models:/", "runs:/")) or len(spec.ref) == 32:
-        again = resolve_model_ref(spec.ref, None, job.tracking_uri)
+        again = resolve_model_ref(
+            spec.ref, None, job.tracking_uri, registry_uri=job.registry_uri
+        )
         if spec.kind == "adapter":  # keep the base the driver resolved (recipe, cache dir)
             again.base = spec.base
         else:  # the model itself now lives in the new download

@@ -99,7 +99,7 @@ def register_version(
     if data_digest is None and card is not None:
         data_digest = card.get("data_digest")
     tags = version_tags(recipe, card, data_digest, git_commit)
-    mlflow.set_registry_uri(store.uri)
+    mlflow.set_registry_uri(store.registry)
     mlflow.set_tracking_uri(store.uri)
     mv = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)

@@ -202,7 +202,7 @@ class RunLogger:
         recipe = self._recipe(recipe)
         prepare_store(self.store)
         mlflow.set_tracking_uri(self.store.uri)
-        mlflow.set_registry_uri(self.store.uri)
+        mlflow.set_registry_uri(self.store.registry)
         if resume_run_id:
             return self._resume(recipe, resume_run_id)
         exp_id = experiment_id(self.store, recipe.tracking.experiment)

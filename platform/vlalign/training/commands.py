@@ -14,8 +14,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     problems = check_recipe(recipe)
     if problems:
         raise RecipeError(args.recipe, problems)
-    from vlalign.tracking.store import pin_store
+    from vlalign.tracking.store import pin_store, resolve_store
 
+    if recipe.tracking.enabled:
+        print(f"{recipe.name}: {resolve_store(recipe.tracking.uri).describe()}", flush=True)
+    else:
+        print(f"{recipe.name}: MLflow tracking off (tracking.enabled: false)", flush=True)
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
     if args.no_ray:
         from vlalign.training.launch import launch_local
