@@ -27,7 +27,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or f"eval/{args.name}"
     from vlalign.tracking.store import resolve_store
 
-    print(f"eval {args.model}: {resolve_store(args.tracking_uri or recipe.tracking.uri).describe()}")
+    print(
+        f"eval {args.model}: {resolve_store(args.tracking_uri or recipe.tracking.uri).describe()}"
+    )
     t0 = time.perf_counter()
     card = evaluate(
         args.model,

@@ -220,7 +220,9 @@ def _models_uri_location(ref: str, client) -> str:
     return f"{location.rstrip('/')}/{path}" if path else location
 
 
-def _download(ref: str, tracking_uri: str | None, dst: Path, registry_uri: str | None = None) -> Path:
+def _download(
+    ref: str, tracking_uri: str | None, dst: Path, registry_uri: str | None = None
+) -> Path:
     """Download an MLflow model or run's artifacts into dst, resolving names in the given store
     (registry_uri defaults to tracking_uri), never in MLflow's process-wide default."""
     import mlflow

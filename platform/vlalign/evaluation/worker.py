@@ -79,9 +79,7 @@ def _local_spec(job: EvalJob) -> ModelSpec:
     if spec.path is None or Path(spec.path).exists():
         return spec
     if spec.ref.startswith(("models:/", "runs:/")) or len(spec.ref) == 32:
-        again = resolve_model_ref(
-            spec.ref, None, job.tracking_uri, registry_uri=job.registry_uri
-        )
+        again = resolve_model_ref(spec.ref, None, job.tracking_uri, registry_uri=job.registry_uri)
         if spec.kind == "adapter":  # keep the base the driver resolved (recipe, cache dir)
             again.base = spec.base
         else:  # the model itself now lives in the new download
