@@ -21,6 +21,7 @@ from typing import Any
 
 from vlalign.config import Recipe
 from vlalign.errors import VlalignError
+from vlalign.tracking import description as desc
 from vlalign.tracking import scorecard as sc
 from vlalign.tracking.run_logger import (
     RECIPE_ARTIFACT,
@@ -103,7 +104,52 @@ def register_version(
     mlflow.set_tracking_uri(store.uri)
     mv = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    metrics = {k: float(v) for k, v in card["metrics"].items()} if card else {}
+    describe_version(store, name, mv.version, desc.VERDICT_CANDIDATE, metrics=metrics)
     return client.get_model_version(name, mv.version)
+
+
+def describe_version(
+    store: Store,
+    name: str,
+    version: str | int,
+    verdict: str,
+    gates: list[desc.GateRow] | tuple = (),
+    champion: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """Write the version's description (verdict, gates, headline scorecard, a link to the HTML
+    scorecard; see vlalign.tracking.description) and return it. metrics default: the version's
+    logged scorecard (scorecard_metrics)."""
+    client = client_for(store)
+    mv = client.get_model_version(name, str(version))
+    if metrics is None:
+        metrics = scorecard_metrics(store, mv)
+    experiment = None
+    if mv.run_id:
+        try:
+            experiment = client.get_run(mv.run_id).info.experiment_id
+        except Exception:  # the run was deleted: no link
+            experiment = None
+    card_name = mv.tags.get(TAG_SCORECARD_NAME)
+    details = {
+        k: mv.tags[k]
+        for k in ("method", "base_model", "recipe_digest", "data_digest", "git_commit")
+        if k in mv.tags
+    }
+    if mv.run_id:
+        details["run"] = mv.run_id
+    text = desc.render(
+        verdict=verdict,
+        metrics=metrics,
+        scorecard_name=card_name,
+        gates=gates,
+        champion=champion,
+        link=desc.scorecard_link(experiment, mv.run_id, card_name),
+        details=details,
+    )
+    client.update_model_version(name, str(version), description=text)
+    return text
 
 
 def _require_model(client, store: Store, name: str):
