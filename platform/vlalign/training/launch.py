@@ -27,7 +27,13 @@ def device_for(local_rank: int) -> torch.device:
 
 
 def _worker(
-    rank: int, world: int, port: int, recipe_dict: dict, queue, stop_after: int | None
+    rank: int,
+    world: int,
+    port: int,
+    recipe_dict: dict,
+    queue,
+    stop_after: int | None,
+    on_step=None,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -49,6 +55,7 @@ def _worker(
                 local_rank=rank,
                 device=device_for(rank),
                 stop_after=stop_after,
+                on_step=on_step,
             ),
         )
         if rank == 0:
@@ -58,18 +65,25 @@ def _worker(
         raise SystemExit(1) from None
 
 
-def launch_local(recipe: Recipe, nproc: int = 1, stop_after: int | None = None) -> TrainResult:
-    """Run the loop in `nproc` local processes (1: in this process) and return rank 0's result."""
+def launch_local(
+    recipe: Recipe, nproc: int = 1, stop_after: int | None = None, on_step=None
+) -> TrainResult:
+    """Run the loop in `nproc` local processes (1: in this process) and return rank 0's result.
+
+    on_step(step, metrics): called on every rank after each optimizer step (picklable)."""
     if nproc == 1:
         from vlalign.training.loop import run_training
 
-        return run_training(recipe, TrainContext(device=device_for(0), stop_after=stop_after))
+        return run_training(
+            recipe, TrainContext(device=device_for(0), stop_after=stop_after, on_step=on_step)
+        )
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
     procs = [
         ctx.Process(
-            target=_worker, args=(r, nproc, port, recipe.model_dump(mode="json"), queue, stop_after)
+            target=_worker,
+            args=(r, nproc, port, recipe.model_dump(mode="json"), queue, stop_after, on_step),
         )
         for r in range(nproc)
     ]
