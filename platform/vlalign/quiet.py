@@ -52,7 +52,7 @@ def _terminal() -> tuple[TextIO, bool]:
 @contextlib.contextmanager
 def logs_to_file(path: str | Path) -> Iterator[TextIO]:
     """fd 1/2 and sys.stdout/sys.stderr -> `path` (appended); yields the terminal's stream."""
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     term, owned = _terminal()
     sys.stderr.flush()

@@ -125,7 +125,6 @@ def test_eval_of_a_registered_alias_from_a_fresh_process(registered, tmp_path, h
         str(out),
         "--max-samples",
         "4",
-        "eval.max_new_tokens=4",
         *flags,
         env=env,
     )

@@ -235,6 +235,18 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
             capture_output=True,
             timeout=120,
         )
+        # the description's link opens the HTML scorecard in the run's artifact viewer
+        href = re.findall(r'<a[^>]*href="([^"]*)"[^>]*>\s*Full HTML scorecard', version_dom)
+        artifact_dom = ""
+        for _attempt in range(3 if href else 0):
+            artifact_dom = subprocess.run(
+                [*base, "--dump-dom", f"{url}/#{href[0].split('#', 1)[1]}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+            if "mlflow-html-iframe" in artifact_dom:
+                break
     rows = _rows(dom)
     (ARTIFACTS / "tracking_mlflow_ui_registered_model.txt").write_text(
         "\n".join(f"Version {v}: {t}" for v, t in sorted(rows.items()))
@@ -248,6 +260,9 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
     assert all("@ champion" not in rows[v] for v in others)
     assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot was written"
     check_version_page(version_dom, store, expected[CHAMPION], version_shot)
+    assert "mlflow-html-iframe" in artifact_dom and "eval/final/scorecard.html" in artifact_dom, (
+        "the description's link does not open the HTML scorecard"
+    )
 
 
 def _text(dom: str) -> str:
