@@ -30,7 +30,7 @@ from vlalign.tracking.run_logger import (
     base_model_spec,
     recipe_digest,
 )
-from vlalign.tracking.store import Store, client_for
+from vlalign.tracking.store import Store, activate, client_for
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -100,8 +100,7 @@ def register_version(
     if data_digest is None and card is not None:
         data_digest = card.get("data_digest")
     tags = version_tags(recipe, card, data_digest, git_commit)
-    mlflow.set_registry_uri(store.registry)
-    mlflow.set_tracking_uri(store.uri)
+    activate(store)
     mv = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     metrics = {k: float(v) for k, v in card["metrics"].items()} if card else {}

@@ -33,7 +33,13 @@ from typing import Any
 from vlalign.config import Recipe, recipe_to_yaml
 from vlalign.errors import DataError, VlalignError
 from vlalign.tracking import scorecard as sc
-from vlalign.tracking.store import Store, experiment_id, prepare_store, resolve_store
+from vlalign.tracking.store import (
+    Store,
+    activate,
+    experiment_id,
+    prepare_store,
+    resolve_store,
+)
 
 RECIPE_ARTIFACT = "recipe.yaml"
 TAG_RECIPE_DIGEST = "vlalign.recipe_digest"
@@ -201,8 +207,7 @@ class RunLogger:
 
         recipe = self._recipe(recipe)
         prepare_store(self.store)
-        mlflow.set_tracking_uri(self.store.uri)
-        mlflow.set_registry_uri(self.store.registry)
+        activate(self.store)
         if resume_run_id:
             return self._resume(recipe, resume_run_id)
         exp_id = experiment_id(self.store, recipe.tracking.experiment)

@@ -179,6 +179,25 @@ def experiment_id(store: Store, name: str) -> str:
         return exp.experiment_id
 
 
+def activate(store: Store) -> None:
+    """Point MLflow's process-wide URIs (its fluent API) at the store, leaving the MLFLOW_*
+    environment variables as they were: mlflow.set_tracking_uri / set_registry_uri also write
+    them, after which this process (and everything it starts) would take this store for the
+    user's choice when it resolves a recipe that is silent (resolve_store)."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in (TRACKING_ENV, REGISTRY_ENV)}
+    try:
+        mlflow.set_tracking_uri(store.uri)
+        mlflow.set_registry_uri(store.registry)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def client_for(store: Store):
     """An MlflowClient bound to the store (tracking and registry)."""
     from mlflow import MlflowClient
