@@ -123,7 +123,8 @@ def _train(recipe: Recipe, use_ray: bool, out: Path, stage: str, term: TextIO):
         if use_ray:
             from vlalign.orchestration.ray_train import run_on_ray
 
-            return run_on_ray(recipe, on_step=on_step)
+            # the bar is drawn here (Ray's tqdm bars would share the terminal with it)
+            return run_on_ray(recipe, on_step=on_step, ray_progress=False)
         from vlalign.training.launch import launch_local
 
         return launch_local(recipe, nproc=recipe.resources.num_workers, on_step=on_step)

@@ -124,6 +124,7 @@ def follow_steps(path: str | Path, total: int, desc: str, term: TextIO) -> Itera
         desc=desc,
         unit="step",
         file=term,
+        position=0,
         dynamic_ncols=live,
         ncols=None if live else 80,
         mininterval=0.5 if live else 30.0,
