@@ -99,6 +99,20 @@ def test_run_lands_in_the_store_mlflow_tracking_uri_names(registered):
     assert listed.returncode == 0, listed.stderr
     assert "candidate" in listed.stdout
     assert strays(project.parent) == []
+    # MLFLOW_REGISTRY_URI moves the registry alone: names resolve there, runs stay elsewhere
+    (project.parent / "other").mkdir(exist_ok=True)
+    other = f"sqlite:///{project.parent / 'other' / 'mlflow.db'}"
+    moved = vlalign(
+        project.parent,
+        "registry",
+        "list",
+        NAME,
+        env={"MLFLOW_TRACKING_URI": other, "MLFLOW_REGISTRY_URI": uri},
+    )
+    assert moved.returncode == 0 and "candidate" in moved.stdout, moved.stderr
+    empty = vlalign(project.parent, "registry", "list", NAME, env={"MLFLOW_REGISTRY_URI": other})
+    assert empty.returncode == 2, empty.stderr
+    assert f"no registered model {NAME!r} in {other}" in empty.stderr, empty.stderr
 
 
 @pytest.mark.parametrize("how", ["variable", "flag", "embedded"])

@@ -157,7 +157,7 @@ def _require_model(client, store: Store, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException:
-        raise VlalignError(f"no registered model {name!r} in {store.uri}") from None
+        raise VlalignError(f"no registered model {name!r} in {store.registry}") from None
 
 
 def get_version(store: Store, name: str, version: str | int):
@@ -169,7 +169,7 @@ def get_version(store: Store, name: str, version: str | int):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException:
-        raise VlalignError(f"model {name!r} has no version {version} in {store.uri}") from None
+        raise VlalignError(f"model {name!r} has no version {version} in {store.registry}") from None
 
 
 def aliases(store: Store, name: str) -> dict[str, str]:
