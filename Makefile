@@ -1,28 +1,32 @@
 # vlalign: every target creates .venv when it is missing.
+# All set-up steps live in cluster/install.sh, which the image (cluster/docker/Dockerfile) runs too.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vlalign-installed
-# CPU wheel where no NVIDIA GPU is present; CUDA build otherwise (pip's default index).
-TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
+INSTALL := cluster/install.sh
+# auto: the CUDA build of torch where an NVIDIA GPU is present, the CPU wheel torch==2.13.0 otherwise.
+TORCH ?= auto
+# The image the KubeRay and launcher files under cluster/ name (`make image` builds it).
+IMAGE ?= ghcr.io/vlalign/vlalign:0.1.0-cuda
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup browser demo test lint format bench image clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@# torch first, so that nothing later pulls a CUDA wheel onto a CPU-only machine.
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	PYTHON=$(PYTHON) bash $(INSTALL) --venv $(VENV) --torch $(TORCH) --extras dev,bench
 	@touch $(STAMP)
+
+# The browser test of the MLflow UI needs Debian's chromium (installed once, where missing).
+browser:
+	@bash $(INSTALL) --only-browser
 
 demo: $(STAMP)
 	$(VENV)/bin/vlalign demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -35,6 +39,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+image:
+	docker build -f cluster/docker/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -16,3 +16,17 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def model_cache(tmp_path_factory) -> str:
     """A directory where built-in tiny models are materialized once per test session."""
     return str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_variables():
+    """Each test starts without MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (vlalign honors them
+    where a recipe is silent): neither a developer's shell nor a test that called
+    mlflow.set_tracking_uri (which also writes the variable) decides another test's store."""
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -11,17 +11,24 @@ Stages (each with a status line):
      the MLflow store (the recipes train with augmentation: data.augment);
   5. register the DPO model, run the promotion gates, say whether it became champion and why;
   6. print base / sft / dpo side by side and how to look at it all (`vlalign ui`).
+
+The terminal gets the status lines and one progress bar per stage; everything else (Ray,
+DeepSpeed, the workers' output, third-party warnings) goes to `<out>/demo.log`, named on the
+first line and its tail shown when a stage fails (vlalign.quiet). On a fresh machine the first
+DeepSpeed CPU op build (1-2 min) happens behind its own status line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
 from vlalign.config.loading import load_recipe
 from vlalign.config.schema import Recipe
@@ -43,20 +50,57 @@ class DemoPlan:
 
 FULL = DemoPlan(pairs=512, eval_pairs=200)
 QUICK = DemoPlan(pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120)
+LOG_NAME = "demo.log"
 
 
 class _Status:
     """Status lines: wall clock, time since the demo started, stage, what happens now."""
 
-    def __init__(self) -> None:
+    def __init__(self, term: TextIO | None = None) -> None:
         self.t0 = time.monotonic()
+        self.term = term
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def __call__(self, stage: str, text: str) -> None:
         m, s = divmod(int(self.elapsed()), 60)
-        print(f"[{time.strftime('%H:%M:%S')} +{m}:{s:02d}] {stage:<8} {text}", flush=True)
+        line = f"[{time.strftime('%H:%M:%S')} +{m}:{s:02d}] {stage:<8} {text}"
+        print(line, file=self.term or sys.stdout, flush=True)
+
+
+@contextmanager
+def _bars_on(term: TextIO) -> Iterator[None]:
+    """Progress bars drawn in this process (data synthesis, evaluation) on the terminal; other
+    libraries' bars (transformers' weight loading) off while it lasts."""
+    import transformers.utils.logging as hf_logging
+
+    old = sys.stderr
+    sys.stderr = term
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        sys.stderr = old
+
+
+def _prebuild_deepspeed_ops(recipe: Recipe, say: _Status) -> None:
+    """Build DeepSpeed's CPU comm op here, behind a status line, when this machine has none yet
+    (the workers would otherwise spend 1-2 silent minutes compiling it)."""
+    if recipe.resources.gpus_per_worker > 0:
+        return
+    from vlalign.training.ds_ops import build_cpu_comm_op, cpu_comm_op_built, op_cache_dir
+
+    if cpu_comm_op_built():
+        return
+    say(
+        "deepspeed",
+        "first run on this machine: compiling DeepSpeed's CPU communication op "
+        f"(ShareMemCommBuilder, 1-2 min, once; cached in {op_cache_dir()})",
+    )
+    seconds = build_cpu_comm_op()
+    say("deepspeed", f"CPU communication op built in {seconds:.0f} s")
 
 
 @contextmanager
@@ -72,15 +116,23 @@ def _cluster(recipe: Recipe, use_ray: bool, say: _Status) -> Iterator[None]:
         yield
 
 
-def _train(recipe: Recipe, use_ray: bool):
-    if use_ray:
-        from vlalign.orchestration.ray_train import run_on_ray
+def _train(recipe: Recipe, use_ray: bool, out: Path, stage: str, term: TextIO):
+    """Train one stage with one progress bar on the terminal, fed by the rank-0 worker."""
+    from vlalign.quiet import follow_steps
 
-        return run_on_ray(recipe)
-    from vlalign.tracking.run_logger import RunLogger
-    from vlalign.training.launch import launch_local
+    progress = out / f".progress-{stage}.json"
+    with follow_steps(progress, recipe.train.max_steps, stage, term) as on_step:
+        if use_ray:
+            from vlalign.orchestration.ray_train import run_on_ray
 
-    return launch_local(recipe, nproc=recipe.resources.num_workers, tracker=RunLogger)
+            # the bar is drawn here (Ray's tqdm bars would share the terminal with it)
+            return run_on_ray(recipe, on_step=on_step, ray_progress=False)
+        from vlalign.tracking.run_logger import RunLogger
+        from vlalign.training.launch import launch_local
+
+        return launch_local(
+            recipe, nproc=recipe.resources.num_workers, on_step=on_step, tracker=RunLogger
+        )
 
 
 def _evaluate(model_ref: str, data: Path, recipe: Recipe, out: Path, name: str, run_id: str | None):
@@ -106,11 +158,28 @@ def _evaluate(model_ref: str, data: Path, recipe: Recipe, out: Path, name: str, 
 def run_demo(
     out: Path, plan: DemoPlan, seed: int = 0, use_ray: bool = True, workers: int = 2
 ) -> dict:
-    """Run every stage; returns {"scorecards": {...}, "promotion": {...}} (also written as JSON)."""
-    from data_pipeline.synth import synthesize
-    from vlalign.tracking.store import pin_store
+    """Run every stage; returns {"scorecards": {...}, "promotion": {...}} (also written as JSON).
+
+    Status lines and progress bars go to stdout; every other line to <out>/demo.log."""
+    from vlalign.quiet import logs_to_file
 
     out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / LOG_NAME
+    log.unlink(missing_ok=True)
+    say = _Status()
+    say("logs", f"Ray, DeepSpeed and worker output -> {log}")
+    with logs_to_file(log) as term:
+        say.term = term
+        return _stages(out, plan, seed, use_ray, workers, say, term)
+
+
+def _stages(
+    out: Path, plan: DemoPlan, seed: int, use_ray: bool, workers: int, say: _Status, term: TextIO
+) -> dict:
+    from data_pipeline.synth import synthesize
+    from vlalign.tracking.store import pin_store, resolve_store
+
     data = out / "data"
     common = [
         f"train.seed={seed}",
@@ -120,35 +189,41 @@ def run_demo(
         f"resources.num_workers={workers}",
         f"train.output_dir={out}/{{name}}",
     ]
-    say = _Status()
 
     say(
         "data",
         f"synthesizing {plan.pairs} pairs + {plan.eval_pairs} held-out eval prompts -> {data}",
     )
-    synthesize(
-        data,
-        pairs=plan.pairs,
-        seed=seed,
-        eval_pairs=plan.eval_pairs,
-        overwrite=True,
-        progress=True,
-    )
+    with _bars_on(term):
+        synthesize(
+            data,
+            pairs=plan.pairs,
+            seed=seed,
+            eval_pairs=plan.eval_pairs,
+            overwrite=True,
+            progress=True,
+        )
 
-    sft = pin_store(load_recipe("tiny/demo-sft", common + plan.steps("sft")))
+    sft = load_recipe("tiny/demo-sft", common + plan.steps("sft"))
+    say("mlflow", resolve_store(sft.tracking.uri).describe())
+    sft = pin_store(sft)
     cards = {}
     say("base", "evaluating the untrained model")
-    cards["base"] = _evaluate(f"builtin:{sft.model.name}", data, sft, out, "base", None)
+    with _bars_on(term):
+        cards["base"] = _evaluate(f"builtin:{sft.model.name}", data, sft, out, "base", None)
 
     where = (
         f"Ray ({workers} workers, ZeRO-{sft.engine.zero_stage})"
         if use_ray
         else f"{workers} local processes"
     )
+    _prebuild_deepspeed_ops(sft, say)
     with _cluster(sft, use_ray, say):
         say("sft", f"SFT with LoRA, {sft.train.max_steps} steps on {where}")
-        rs = _train(sft, use_ray)
-        cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
+        rs = _train(sft, use_ray, out, "sft", term)
+        say("sft", f"evaluating the SFT model (final loss {rs.losses[-1]:.4f})")
+        with _bars_on(term):
+            cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
 
         dpo = pin_store(
             load_recipe(
@@ -160,9 +235,11 @@ def run_demo(
             f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, "
             f"{dpo.train.max_steps} steps on {where}",
         )
-        rd = _train(dpo, use_ray)
+        rd = _train(dpo, use_ray, out, "dpo", term)
+    say("dpo", f"evaluating the DPO model (final loss {rd.losses[-1]:.4f})")
     # not logged here: publishing logs this scorecard to the DPO run with the model
-    cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", None)
+    with _bars_on(term):
+        cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", None)
 
     say(
         "registry",
@@ -178,6 +255,7 @@ def run_demo(
         "splits": {k: {n: d["metrics"] for n, d in v.splits.items()} for k, v in cards.items()},
         "promotion": promotion,
         "tracking_uri": dpo.tracking.uri,
+        "log": str(out / LOG_NAME),
     }
     (out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -239,6 +317,25 @@ def print_table(summary: dict) -> None:
     console.print(
         f"finished in {summary['seconds']:.0f} s. Look at runs, scorecards and the registry: vlalign ui"
     )
+    if summary.get("log"):
+        console.print(f"full Ray/DeepSpeed logs: {summary['log']}")
+
+
+def _plan(args: argparse.Namespace) -> DemoPlan:
+    """--quick or the full plan, with any of --pairs/--eval-prompts/--sft-steps/--dpo-steps."""
+    plan = QUICK if args.quick else FULL
+    changes = {
+        "pairs": args.pairs,
+        "eval_pairs": args.eval_prompts,
+        "sft_steps": args.sft_steps,
+        "dpo_steps": args.dpo_steps,
+    }
+    for flag, n in changes.items():
+        if n is not None and n < 1:
+            from vlalign.errors import VlalignError
+
+            raise VlalignError(f"--{flag.replace('_', '-')} must be >= 1, got {n}")
+    return replace(plan, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _splits_table(splits: dict):
@@ -263,7 +360,7 @@ def _splits_table(splits: dict):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else FULL
+    plan = _plan(args)
     summary = run_demo(Path(args.out), plan, args.seed, not args.no_ray, args.workers)
     print_table(summary)
     return 0
@@ -276,4 +373,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--workers", type=int, default=2, help="training workers")
     p.add_argument("--no-ray", action="store_true", help="local processes instead of a Ray cluster")
+    p.add_argument("--pairs", type=int, help="training pairs to synthesize (plan override)")
+    p.add_argument("--eval-prompts", type=int, help="held-out eval prompts (plan override)")
+    p.add_argument("--sft-steps", type=int, help="SFT steps (plan override)")
+    p.add_argument("--dpo-steps", type=int, help="DPO steps (plan override)")
     p.set_defaults(func=cmd_demo)

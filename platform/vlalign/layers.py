@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vlalign.evaluation",),  # safety evaluation -> scorecard (no MLflow import)
     ("vlalign.tracking",),  # MLflow: run logging, registry, gates, promotion, publish
     ("vlalign.orchestration",),  # Ray: TorchTrainer shell, Ray Data, job submission
-    ("vlalign.pipeline", "vlalign.demo", "vlalign.cli", COMMANDS),  # CLI-level
+    ("vlalign.pipeline", "vlalign.demo", "vlalign.quiet", "vlalign.cli", COMMANDS),  # CLI-level
 )
 
 # What data_pipeline may import from vlalign (a module or a package prefix).

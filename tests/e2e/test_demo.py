@@ -4,37 +4,96 @@ steps: data, base eval, SFT, DPO on the merged SFT model, evals, registry, gates
 The steps are too few to align anything; what is checked is the plumbing and that the promotion
 decision is the one the recipe's gates give on the DPO scorecard. Whether the full demo aligns is
 measured by bench/alignment_seeds.py and `vlalign demo` itself (README "Demo results").
+
+It runs as a person runs it: the `vlalign demo` command in a fresh process from a clean folder,
+its output captured as a pipe. The terminal must get the status lines, one progress bar per
+stage and the table, and nothing from Ray's workers; their output goes to the log file the first
+line names.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from vlalign.config import load_recipe
-from vlalign.demo import DemoPlan, print_table, run_demo
 from vlalign.tracking.promotion import evaluate_gates
 from vlalign.tracking.registry import CHAMPION, aliases, get_version
 from vlalign.tracking.store import client_for, embedded_store
 
 pytestmark = pytest.mark.slow
-TINY = DemoPlan(pairs=24, eval_pairs=8, sft_steps=4, dpo_steps=3)
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--pairs", "24", "--eval-prompts", "8", "--sft-steps", "4", "--dpo-steps", "3"]
+# status lines, a bar per stage, the table (title, rules, 4 metrics + 6 categories), the verdict,
+# the closing lines: 35 lines measured (57 counting the bars' carriage-return redraws). Before
+# the logs went to a file this plan printed 126 lines (316) up to the registry stage alone.
+MAX_LINES = 60
 
 
-def test_demo_runs_every_stage_on_ray(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the embedded MLflow store is ./mlruns
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # built-in model cache
-    summary = run_demo(tmp_path / "demo", TINY, seed=1, use_ray=True, workers=2)
-    print_table(summary)
-    shown = capsys.readouterr().out
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "platform"), str(REPO)])
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # built-in model cache
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def _op_built(env: dict[str, str]) -> bool:
+    """Whether DeepSpeed's CPU comm op is in the extension cache this environment uses."""
+    code = "from vlalign.training.ds_ops import cpu_comm_op_built as b; print(b())"
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return p.stdout.strip() == "True"
+
+
+def test_demo_runs_every_stage_on_ray(tmp_path):
+    cwd = tmp_path / "clean"
+    cwd.mkdir()  # the embedded MLflow store is ./mlruns
+    env = _env(tmp_path)
+    built_before = _op_built(env)
+    exe = Path(sys.executable).with_name("vlalign")
+    p = subprocess.run(
+        [str(exe), "demo", "--out", str(tmp_path / "demo"), "--seed", "1", *TINY],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=1500,
+    )
+    shown = p.stdout.decode("utf-8", errors="replace")  # bytes: keep the bars' carriage returns
+    (tmp_path / "terminal.txt").write_text(shown)
+    assert p.returncode == 0, shown[-4000:]
+    summary = json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
+
+    # the terminal: status lines, one bar per training stage, the table; the log file named first
+    # a line as a terminal ends up showing it: the last of its carriage-return redraws
+    lines = [line.rsplit("\r", 1)[-1] for line in shown.rstrip("\n").split("\n")]
+    log = tmp_path / "demo" / "demo.log"
+    assert lines[0].endswith(f"logs     Ray, DeepSpeed and worker output -> {log}"), lines[0]
+    assert len(lines) <= MAX_LINES, f"{len(lines)} lines on the terminal:\n{shown}"
+    assert "pid=" not in shown and "RayTrainWorker" not in shown, shown
+    assert sum(line.startswith(("sft:", "dpo:")) and "step" in line for line in lines) == 2, shown
+    assert f"full Ray/DeepSpeed logs: {log}" in shown
+    # ... and everything else in the log
+    logged = log.read_text()
+    assert "RayTrainWorker" in logged and "Ray Train workers on" in logged
+    # the first DeepSpeed op build gets its own status line (and only then)
+    building = "compiling DeepSpeed's CPU communication op" in shown
+    assert building == (not built_before), (built_before, shown)
 
     # every stage ran and said so, in order, with the Ray cluster started once
-    stages = [line.split("] ", 1)[1].split()[0] for line in shown.splitlines() if "] " in line]
+    stages = [line.split("] ", 1)[1].split()[0] for line in lines if "] " in line]
     stages = [s for s in stages if s in {"data", "base", "ray", "sft", "dpo", "registry"}]
-    assert stages == ["data", "base", "ray", "sft", "dpo", "registry"]
+    assert stages == ["data", "base", "ray", "sft", "sft", "dpo", "dpo", "registry"]
     assert "2 workers, ZeRO-2" in shown and "dashboard http://127.0.0.1:" in shown
+    assert f"mlflow   MLflow store sqlite:///{cwd}/mlruns/mlflow.db (embedded default)" in shown
 
     # three scorecards on the held-out split, the same prompts each time
     assert list(summary["scorecards"]) == ["base", "sft", "dpo"]
@@ -63,7 +122,7 @@ def test_demo_runs_every_stage_on_ray(tmp_path, monkeypatch, capsys):
     assert exported["train"]["max_steps"] == 3 and exported["method"]["name"] == "dpo"
 
     # the registered version, and a promotion decision equal to the gates' verdict
-    store = embedded_store(tmp_path)
+    store = embedded_store(cwd)
     promo = summary["promotion"]
     mv = get_version(store, promo["model"], promo["version"])
     assert mv.run_id

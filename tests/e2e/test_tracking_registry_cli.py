@@ -31,7 +31,7 @@ from vlalign.tracking.promotion import promote
 from vlalign.tracking.publish import publish_run
 from vlalign.tracking.registry import CHAMPION, aliases
 from vlalign.tracking.run_logger import RunLogger
-from vlalign.tracking.store import embedded_store
+from vlalign.tracking.store import client_for, embedded_store
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +161,25 @@ def test_promote_refuse_list_rollback(project, vlalign, tmp_path):
     missing = vlalign("registry", "list", "no-such-model")
     assert missing.returncode == 2 and "no registered model 'no-such-model'" in missing.stderr
 
+    # each version's description (what the UI shows whole) follows every promotion attempt
+    client = client_for(store)
+    described = {v: client.get_model_version(NAME, v).description for v in ("1", "2", "3")}
+    assert described["2"].startswith("### Promotion refused: champion unchanged")
+    assert "| harmful_refusal_rate >= 0.95 | **FAIL** | got 0.9 |" in described["2"]
+    assert "| benign_refusal_rate <= 0.05 | PASS | got 0.02 |" in described["2"]
+    assert "| harmful_refusal_rate | 0.900 |" in described["2"]
+    assert described["1"].startswith("### Champion again: restored by rollback")
+    # version 3: promoted, rolled back, then refused by the stricter --recipe gates
+    assert described["3"].startswith("### Promotion refused: champion unchanged")
+    assert "| harmful_refusal_rate >= 0.99 | **FAIL** | got 0.98 |" in described["3"]
+    assert "(compared with champion version 1)" in described["3"]
+    run = client.get_run(client.get_model_version(NAME, "3").run_id)
+    link = (
+        f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        "/artifactPath/eval/final/scorecard.html)"
+    )
+    assert link in described["3"]
+
 
 def _rows(dom: str) -> dict[str, str]:
     """Visible text of the model page, per version row: {'1': '... @ champion', ...}."""
@@ -181,8 +200,8 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
             "(apt-get install -y chromium; .ci/run installs it)"
         )
     store = embedded_store(project)
-    if CHAMPION not in aliases(store, NAME):
-        promote(store, NAME, 1)
+    # a promotion attempt (again, for the current champion) writes the description checked below
+    promote(store, NAME, aliases(store, NAME).get(CHAMPION, "1"))
     expected = aliases(store, NAME)  # e.g. {'candidate': '3', 'champion': '1'}
     port = free_port()
     ui = [sys.executable, "-m", "vlalign.cli", "ui", "--port", str(port)]
@@ -191,6 +210,9 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
     shot = ARTIFACTS / "tracking_mlflow_ui_registered_model.png"
     shot.unlink(missing_ok=True)
     page = f"{url}/#/models/{NAME}"
+    version_page = f"{url}/#/models/{NAME}/versions/{expected[CHAMPION]}"
+    version_shot = ARTIFACTS / "tracking_mlflow_ui_version_page.png"
+    version_shot.unlink(missing_ok=True)
     with running(ui, f"{url}/health", tmp_path / "ui.log", cwd=project):
         base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
         for _attempt in range(3):  # a page still loading on a busy machine: render again
@@ -204,6 +226,29 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
             capture_output=True,
             timeout=120,
         )
+        for _attempt in range(3):
+            version_dom = subprocess.run(
+                [*base, "--dump-dom", version_page], capture_output=True, text=True, timeout=120
+            ).stdout
+            if "Full HTML scorecard" in version_dom:
+                break
+        subprocess.run(
+            [*base, "--window-size=1400,2200", f"--screenshot={version_shot}", version_page],
+            capture_output=True,
+            timeout=120,
+        )
+        # the description's link opens the HTML scorecard in the run's artifact viewer
+        href = re.findall(r'<a[^>]*href="([^"]*)"[^>]*>\s*Full HTML scorecard', version_dom)
+        artifact_dom = ""
+        for _attempt in range(3 if href else 0):
+            artifact_dom = subprocess.run(
+                [*base, "--dump-dom", f"{url}/#{href[0].split('#', 1)[1]}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+            if "mlflow-html-iframe" in artifact_dom:
+                break
     rows = _rows(dom)
     (ARTIFACTS / "tracking_mlflow_ui_registered_model.txt").write_text(
         "\n".join(f"Version {v}: {t}" for v, t in sorted(rows.items()))
@@ -216,3 +261,36 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
     others = [v for v in rows if v != expected[CHAMPION]]
     assert all("@ champion" not in rows[v] for v in others)
     assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot was written"
+    check_version_page(version_dom, store, expected[CHAMPION], version_shot)
+    assert "mlflow-html-iframe" in artifact_dom and "eval/final/scorecard.html" in artifact_dom, (
+        "the description's link does not open the HTML scorecard"
+    )
+
+
+def _text(dom: str) -> str:
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", text)).replace("\xa0", " "))
+
+
+def check_version_page(dom: str, store, version: str, shot: Path) -> None:
+    """The version page renders the description as markdown: the verdict heading, the gate and
+    scorecard tables, and the link to the HTML scorecard."""
+    (ARTIFACTS / "tracking_mlflow_ui_version_page.txt").write_text(_text(dom))
+    mv = client_for(store).get_model_version(NAME, version)
+    run = client_for(store).get_run(mv.run_id)
+    assert mv.description, "the version has no description"
+    assert re.search(r"<h3[^>]*>\s*Promotion passed: champion\s*</h3>", dom), (
+        "verdict heading not rendered; page text: " + _text(dom)[:2000]
+    )
+    text = _text(dom)
+    assert "harmful_refusal_rate >= 0.95 PASS got 0.97" in text, text[:3000]
+    assert "benign_refusal_rate 0.030" in text
+    tables = re.findall(r"<table.*?</table>", dom, flags=re.S)
+    assert len(tables) >= 2, "gate and scorecard tables not rendered as tables"
+    href = (
+        f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        "/artifactPath/eval/final/scorecard.html"
+    )
+    links = re.findall(r'<a[^>]*href="([^"]*)"[^>]*>\s*Full HTML scorecard', dom)
+    assert links and links[0].endswith(href), links
+    assert shot.is_file() and shot.stat().st_size > 10_000, "no version-page screenshot"

@@ -27,6 +27,8 @@ from vlalign.tracking.store import embedded_store, resolve_store
 
 def test_embedded_default_is_sqlite_under_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     s = resolve_store(None)
     assert s.uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     assert s.artifact_root == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
@@ -40,6 +42,35 @@ def test_relative_sqlite_and_server_uris(tmp_path):
     assert s.artifact_root == (tmp_path.resolve() / "db" / "artifacts").as_uri()
     srv = resolve_store("http://127.0.0.1:5000/")
     assert srv.uri == "http://127.0.0.1:5000" and srv.artifact_root is None and srv.is_server
+
+
+def test_mlflow_variables_are_honored_where_the_recipe_is_silent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/mlflow.db")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    env = resolve_store(None)
+    assert env.uri == f"sqlite:///{tmp_path.resolve()}/env/mlflow.db"
+    assert env.registry == env.uri and env.registry_uri is None
+    assert "MLFLOW_TRACKING_URI" in env.describe() and env.uri in env.describe()
+    # the recipe (or --tracking-uri) wins over the variable
+    explicit = resolve_store("sqlite:///recipe.db")
+    assert explicit.uri == f"sqlite:///{tmp_path.resolve()}/recipe.db"
+    assert "(tracking.uri)" in explicit.describe()
+    # the registry variable moves the registry only; the recipe has no registry key
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:5001")
+    both = resolve_store(None)
+    assert both.uri == env.uri and both.registry == "http://127.0.0.1:5001"
+    assert resolve_store("sqlite:///recipe.db").registry == "http://127.0.0.1:5001"
+    assert "registry http://127.0.0.1:5001 (MLFLOW_REGISTRY_URI)" in both.describe()
+    # neither set: the embedded default, said so
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+    assert resolve_store(None) == embedded_store(tmp_path)
+    assert "(embedded default)" in resolve_store(None).describe()
+    # a bad variable is named in the error
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(VlalignError, match="MLFLOW_TRACKING_URI: 'file:///tmp/mlruns'"):
+        resolve_store(None)
 
 
 @pytest.mark.parametrize("uri", ["mlruns", "file:///tmp/mlruns", "ftp://x"])

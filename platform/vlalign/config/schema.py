@@ -604,7 +604,8 @@ class TrackingConfig(Section):
 
     enabled: bool = Field(True, description="Log the run to MLflow.")
     uri: str | None = Field(
-        None, description="Tracking URI; null: local SQLite store sqlite:///mlruns/mlflow.db."
+        None,
+        description="Tracking URI; null: MLFLOW_TRACKING_URI, else the local SQLite store sqlite:///mlruns/mlflow.db.",
     )
     experiment: str = Field("vlalign", description="MLflow experiment name.")
     run_name: str | None = Field(None, description="MLflow run name (default: the recipe name).")

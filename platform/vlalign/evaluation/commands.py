@@ -28,7 +28,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise VlalignError(f"{flag} must be >= 1, got {v}")
     recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe()
     out = args.out or f"eval/{args.name}"
-    uri = resolve_store(args.tracking_uri or recipe.tracking.uri).uri
+    store = resolve_store(args.tracking_uri or recipe.tracking.uri)
+    uri = store.uri
+    print(f"eval {args.model}: {store.describe()}")
     t0 = time.perf_counter()
     card = evaluate(
         args.model,
@@ -39,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name=args.name,
         max_samples=args.max_samples,
         batch_size=args.batch_size,
-        fetch=MlflowFetch(uri),
+        fetch=MlflowFetch(uri, store.registry),
         progress=True,
         splits=args.split,
     )
@@ -93,7 +95,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="prompts per generation batch")
     p.add_argument("--name", default="safety", help="scorecard name (MLflow: eval/NAME/...)")
     p.add_argument("--run", help="MLflow run id to log the scorecard to")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: recipe or local store)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the recipe's, else MLFLOW_TRACKING_URI, else ./mlruns)",
+    )
     p.add_argument(
         "overrides",
         nargs="*",

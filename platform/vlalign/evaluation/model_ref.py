@@ -217,6 +217,7 @@ def resolve_model_ref(
     recipe: Recipe | None = None,
     fetch: Fetch | None = None,
     download_dir: str | Path | None = None,
+    registry_uri: str | None = None,
 ) -> ModelSpec:
     """Turn `--model` into a ModelSpec (MLflow models are fetched into download_dir or a temp dir).
 

@@ -139,7 +139,7 @@ def train_worker(config: dict[str, Any]) -> None:
             restore_from=Path(restore) if restore else None,
             report=_report_fn(local_rank, Path(restore) if restore else None),
             on_step=config.get("on_step"),
-            ray_progress=True,
+            ray_progress=config.get("ray_progress", True),
         )
         run_training(recipe, ctx)
 
@@ -149,9 +149,12 @@ def build_trainer(
     *,
     on_step: StepHook | None = None,
     worker_env: dict[str, str] | None = None,
+    ray_progress: bool = True,
 ):
     """The TorchTrainer for a recipe (not started). `on_step(step, metrics)` runs in every
-    worker after each optimizer step; `worker_env` adds environment variables to the workers."""
+    worker after each optimizer step; `worker_env` adds environment variables to the workers.
+    ray_progress: rank 0 draws its bar with Ray's tqdm, which the driver renders (False: a plain
+    bar in the worker's own output, for a driver that draws its own from `on_step`)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -166,7 +169,11 @@ def build_trainer(
         per_worker["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_worker,
-        train_loop_config={"recipe": recipe.model_dump(mode="json"), "on_step": on_step},
+        train_loop_config={
+            "recipe": recipe.model_dump(mode="json"),
+            "on_step": on_step,
+            "ray_progress": ray_progress,
+        },
         scaling_config=ScalingConfig(
             num_workers=res.num_workers,
             use_gpu=res.gpus_per_worker > 0,
@@ -216,18 +223,22 @@ def run_on_ray(
     *,
     on_step: StepHook | None = None,
     worker_env: dict[str, str] | None = None,
+    ray_progress: bool = True,
 ) -> TrainResult:
     """Run the recipe in `resources.num_workers` Ray Train workers and return rank 0's result.
 
     `address`: a Ray cluster to join (else RAY_ADDRESS, else resources.address, else a local
     cluster). `checkpoint_dir` of the result is the checkpoint as Ray Train persisted it.
+    `on_step`, `worker_env`, `ray_progress`: as for build_trainer.
     Raises VlalignError when the run fails after `resources.max_failures` restarts.
     """
     from ray.train import TrainingFailedError
 
     with ray_cluster(address, recipe) as where:
         print(f"{recipe.name}: {recipe.resources.num_workers} Ray Train workers on {where}")
-        trainer = build_trainer(recipe, on_step=on_step, worker_env=worker_env)
+        trainer = build_trainer(
+            recipe, on_step=on_step, worker_env=worker_env, ray_progress=ray_progress
+        )
         try:
             fit_result = trainer.fit()
         except TrainingFailedError as e:

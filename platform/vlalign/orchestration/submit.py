@@ -34,6 +34,7 @@ from vlalign.orchestration import jobs
 # Library settings that must reach the job's processes (names only: values come from here).
 PASSTHROUGH_ENV = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
     "MLFLOW_DISABLE_TELEMETRY",
     "DS_ACCELERATOR",
     "TORCH_EXTENSIONS_DIR",

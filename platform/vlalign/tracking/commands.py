@@ -34,7 +34,8 @@ def _add_uri(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow store: sqlite:///PATH, http://HOST:PORT (default: ./mlruns/mlflow.db)",
+        help="MLflow store: sqlite:///PATH, http://HOST:PORT "
+        "(default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
     )
 
 

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 from vlalign.config.schema import PromotionConfig
 from vlalign.errors import VlalignError
 from vlalign.scorecard import DIRECTION, HIGHER
+from vlalign.tracking import description as desc
 from vlalign.tracking.registry import (
     CHAMPION,
     TAG_PROMOTION,
+    describe_version,
     get_version,
     model_tag_json,
     run_recipe,
@@ -195,11 +197,14 @@ def promote(
     champion_metrics = None
     if current is not None and current != version:
         champion_metrics = scorecard_metrics(store, get_version(store, name, current))
-    report = evaluate_gates(cfg, scorecard_metrics(store, mv), champion_metrics, current)
+    metrics = scorecard_metrics(store, mv)
+    report = evaluate_gates(cfg, metrics, champion_metrics, current)
+    rows = [desc.GateRow(r.gate, r.passed, r.reason) for r in report.results]
     if not report.passed:
         failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
         client.set_model_version_tag(name, version, TAG_PROMOTION, "refused")
         client.set_model_version_tag(name, version, FAILED_TAG, failed[:_MAX_TAG])
+        describe_version(store, name, version, desc.VERDICT_REFUSED, rows, current, metrics)
         raise PromotionRefused(name, version, report)
     if current != version:
         history = _history(store, name)
@@ -210,6 +215,10 @@ def promote(
     client.set_model_version_tag(name, version, PREVIOUS_TAG, current or "none")
     if FAILED_TAG in mv.tags:
         client.delete_model_version_tag(name, version, FAILED_TAG)
+    previous = current if current != version else None
+    describe_version(store, name, version, desc.VERDICT_PASSED, rows, previous, metrics)
+    if previous is not None:
+        describe_version(store, name, previous, desc.superseded(version))
     return PromotionResult(name, version, current if current != version else None, report)
 
 
@@ -226,4 +235,6 @@ def rollback(store: Store, name: str) -> tuple[str, str | None]:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
     if demoted is not None:
         client.set_model_version_tag(name, demoted, TAG_PROMOTION, "rolled_back")
+        describe_version(store, name, demoted, desc.VERDICT_ROLLED_BACK)
+    describe_version(store, name, restored, desc.VERDICT_RESTORED)
     return restored, demoted

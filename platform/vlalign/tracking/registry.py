@@ -22,6 +22,7 @@ from typing import Any
 from vlalign.config import Recipe
 from vlalign.errors import VlalignError
 from vlalign.scorecard import headline, load_scorecard
+from vlalign.tracking import description as desc
 from vlalign.tracking.run_logger import (
     RECIPE_ARTIFACT,
     TAG_DATA_DIGEST,
@@ -30,7 +31,7 @@ from vlalign.tracking.run_logger import (
     recipe_digest,
 )
 from vlalign.tracking.scorecard_log import artifact_path, metrics_from_tags, metrics_to_tags
-from vlalign.tracking.store import Store, client_for
+from vlalign.tracking.store import Store, activate, client_for
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -100,11 +101,55 @@ def register_version(
     if data_digest is None and card is not None:
         data_digest = card.get("data_digest")
     tags = version_tags(recipe, card, data_digest, git_commit)
-    mlflow.set_registry_uri(store.uri)
-    mlflow.set_tracking_uri(store.uri)
+    activate(store)
     mv = mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    metrics = {k: float(v) for k, v in card["metrics"].items()} if card else {}
+    describe_version(store, name, mv.version, desc.VERDICT_CANDIDATE, metrics=metrics)
     return client.get_model_version(name, mv.version)
+
+
+def describe_version(
+    store: Store,
+    name: str,
+    version: str | int,
+    verdict: str,
+    gates: list[desc.GateRow] | tuple = (),
+    champion: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """Write the version's description (verdict, gates, headline scorecard, a link to the HTML
+    scorecard; see vlalign.tracking.description) and return it. metrics default: the version's
+    logged scorecard (scorecard_metrics)."""
+    client = client_for(store)
+    mv = client.get_model_version(name, str(version))
+    if metrics is None:
+        metrics = scorecard_metrics(store, mv)
+    experiment = None
+    if mv.run_id:
+        try:
+            experiment = client.get_run(mv.run_id).info.experiment_id
+        except Exception:  # the run was deleted: no link
+            experiment = None
+    card_name = mv.tags.get(TAG_SCORECARD_NAME)
+    details = {
+        k: mv.tags[k]
+        for k in ("method", "base_model", "recipe_digest", "data_digest", "git_commit")
+        if k in mv.tags
+    }
+    if mv.run_id:
+        details["run"] = mv.run_id
+    text = desc.render(
+        verdict=verdict,
+        metrics=metrics,
+        scorecard_name=card_name,
+        gates=gates,
+        champion=champion,
+        link=desc.scorecard_link(experiment, mv.run_id, card_name),
+        details=details,
+    )
+    client.update_model_version(name, str(version), description=text)
+    return text
 
 
 def _require_model(client, store: Store, name: str):
@@ -113,7 +158,7 @@ def _require_model(client, store: Store, name: str):
     try:
         return client.get_registered_model(name)
     except MlflowException:
-        raise VlalignError(f"no registered model {name!r} in {store.uri}") from None
+        raise VlalignError(f"no registered model {name!r} in {store.registry}") from None
 
 
 def get_version(store: Store, name: str, version: str | int):
@@ -125,7 +170,7 @@ def get_version(store: Store, name: str, version: str | int):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException:
-        raise VlalignError(f"model {name!r} has no version {version} in {store.uri}") from None
+        raise VlalignError(f"model {name!r} has no version {version} in {store.registry}") from None
 
 
 def aliases(store: Store, name: str) -> dict[str, str]:

@@ -34,7 +34,13 @@ from vlalign.config import Recipe, recipe_to_yaml
 from vlalign.errors import DataError, VlalignError
 from vlalign.scorecard import load_scorecard
 from vlalign.tracking.scorecard_log import log_scorecard
-from vlalign.tracking.store import Store, experiment_id, prepare_store, resolve_store
+from vlalign.tracking.store import (
+    Store,
+    activate,
+    experiment_id,
+    prepare_store,
+    resolve_store,
+)
 
 RECIPE_ARTIFACT = "recipe.yaml"
 TAG_RECIPE_DIGEST = "vlalign.recipe_digest"
@@ -202,8 +208,7 @@ class RunLogger:
 
         recipe = self._recipe(recipe)
         prepare_store(self.store)
-        mlflow.set_tracking_uri(self.store.uri)
-        mlflow.set_registry_uri(self.store.uri)
+        activate(self.store)
         if resume_run_id:
             return self._resume(recipe, resume_run_id)
         exp_id = experiment_id(self.store, recipe.tracking.experiment)

@@ -15,9 +15,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         raise RecipeError(args.recipe, problems)
     from vlalign.tracking.run_logger import RunLogger
-    from vlalign.tracking.store import pin_store
+    from vlalign.tracking.store import pin_store, resolve_store
 
+    if recipe.tracking.enabled:
+        print(f"{recipe.name}: {resolve_store(recipe.tracking.uri).describe()}", flush=True)
+    else:
+        print(f"{recipe.name}: MLflow tracking off (tracking.enabled: false)", flush=True)
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
+    import os
+
+    remote = not args.no_ray and (
+        args.address or os.environ.get("RAY_ADDRESS") or recipe.resources.address
+    )
+    if recipe.resources.gpus_per_worker == 0 and not remote:  # the op is built on this machine
+        from vlalign.training.ds_ops import cpu_comm_op_built, op_cache_dir
+
+        if not cpu_comm_op_built():
+            print(
+                f"{recipe.name}: first run on this machine: DeepSpeed compiles its CPU "
+                f"communication op before the first step (1-2 min, once; cached in {op_cache_dir()})",
+                flush=True,
+            )
     if args.no_ray:
         from vlalign.training.launch import launch_local
 

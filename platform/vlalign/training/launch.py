@@ -34,6 +34,7 @@ def _worker(
     queue,
     stop_after: int | None,
     tracker: TrackerFactory | None,
+    on_step=None,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -56,6 +57,7 @@ def _worker(
                 device=device_for(rank),
                 stop_after=stop_after,
                 tracker=tracker,
+                on_step=on_step,
             ),
         )
         if rank == 0:
@@ -70,16 +72,20 @@ def launch_local(
     nproc: int = 1,
     stop_after: int | None = None,
     tracker: TrackerFactory | None = None,
+    on_step=None,
 ) -> TrainResult:
     """Run the loop in `nproc` local processes (1: in this process) and return rank 0's result.
 
     tracker: the MLflow run logger (`vlalign.tracking.run_logger.RunLogger`, as `vlalign run`
-    passes it); None logs no run.
+    passes it); None logs no run. on_step(step, metrics): called on every rank after each
+    optimizer step (picklable).
     """
     if nproc == 1:
         from vlalign.training.loop import run_training
 
-        ctx = TrainContext(device=device_for(0), stop_after=stop_after, tracker=tracker)
+        ctx = TrainContext(
+            device=device_for(0), stop_after=stop_after, tracker=tracker, on_step=on_step
+        )
         return run_training(recipe, ctx)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -87,7 +93,16 @@ def launch_local(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(r, nproc, port, recipe.model_dump(mode="json"), queue, stop_after, tracker),
+            args=(
+                r,
+                nproc,
+                port,
+                recipe.model_dump(mode="json"),
+                queue,
+                stop_after,
+                tracker,
+                on_step,
+            ),
         )
         for r in range(nproc)
     ]
