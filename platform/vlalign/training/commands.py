@@ -7,13 +7,16 @@ import argparse
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vlalign.config.checks import check_recipe
-    from vlalign.config.loading import load_recipe
-    from vlalign.errors import RecipeError
+    from vlalign.config.loading import load_recipe, recipe_problems
+    from vlalign.config.preflight import fetch_problems
+    from vlalign.orchestration.cluster import resolve_address
 
     recipe = load_recipe(args.recipe, args.overrides)
     problems = check_recipe(recipe)
+    if args.no_ray or resolve_address(args.address, recipe) is None:  # the model loads here
+        problems += fetch_problems(recipe)
     if problems:
-        raise RecipeError(args.recipe, problems)
+        raise recipe_problems(args.recipe, problems, args.overrides)
     from vlalign.tracking.store import pin_store
 
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
