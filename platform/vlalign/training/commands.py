@@ -9,14 +9,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vlalign.config.checks import check_recipe
     from vlalign.config.loading import load_recipe, recipe_problems
     from vlalign.config.preflight import fetch_problems
-    from vlalign.orchestration.cluster import resolve_address
+    from vlalign.orchestration.cluster import probe_address, resolve_address
 
     recipe = load_recipe(args.recipe, args.overrides)
     problems = check_recipe(recipe)
-    if args.no_ray or resolve_address(args.address, recipe) is None:  # the model loads here
+    address = None if args.no_ray else resolve_address(args.address, recipe)
+    if address is None:  # the model loads on this machine
         problems += fetch_problems(recipe)
     if problems:
         raise recipe_problems(args.recipe, problems, args.overrides)
+    if address is not None:
+        probe_address(address)  # a closed port fails here, before anything is created
     from vlalign.tracking.store import pin_store
 
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
