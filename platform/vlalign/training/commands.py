@@ -20,6 +20,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise recipe_problems(args.recipe, problems, args.overrides)
     if address is not None:
         probe_address(address)  # a closed port fails here, before anything is created
+    from vlalign.training.resume import plan, set_aside
+
+    if args.restart and (moved := set_aside(recipe)) is not None:
+        print(f"{recipe.name}: the previous run is set aside in {moved}")
+    start = plan(recipe)  # a checkpoint of another recipe is refused here
+    print(f"{recipe.name}: {start.message}", flush=True)
+    if start.action == "finished":
+        return 0
     from vlalign.tracking.store import pin_store
 
     recipe = pin_store(recipe)  # create the MLflow store once, here, before any worker starts
@@ -36,7 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     fin = finish_run(recipe, result, evaluate_export=not args.no_eval)
     last = result.metrics[-1] if result.metrics else {}
     print(
-        f"done: {recipe.name}: {len(result.losses)} steps this run, final loss {last.get('loss', float('nan')):.4f}"
+        f"done: {recipe.name}: {len(result.losses) - result.resumed_from_step} steps this run "
+        f"(step {len(result.losses)} of {recipe.train.max_steps}), "
+        f"final loss {last.get('loss', float('nan')):.4f}"
     )
     if result.export_dir:
         print(f"  exported   {result.export_dir}")
@@ -68,6 +78,11 @@ def register(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, help="local processes with --no-ray (ranks)")
     p.add_argument(
         "--no-eval", action="store_true", help="skip the safety evaluation after training"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="set a previous run in the output directory aside (previous-<time>/) and train anew",
     )
     p.add_argument(
         "--address",

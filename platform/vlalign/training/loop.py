@@ -31,6 +31,7 @@ from vlalign.methods.reward import RewardModel
 from vlalign.models import apply_peft, build
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.training import checkpoint as ckpt
+from vlalign.training import resume
 from vlalign.training.context import TrainContext, TrainResult
 from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group, launcher_env
 from vlalign.training.engine import initialize
@@ -120,10 +121,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     state = method.setup(recipe, engine, pad_id, **extra)
     dtype = next(p for p in engine.module.parameters()).dtype
 
-    restore = ctx.restore_from or ckpt.latest(root)
-    tstate = ckpt.TrainerState(step=0)
+    tstate, restore = resume.restore(engine, recipe, root, ctx.restore_from, rank)
     if restore is not None:
-        tstate = ckpt.load(engine, Path(restore), rank)
         log.info("resumed from %s at step %d", restore, tstate.step)
     resumed_from = tstate.step
 
