@@ -104,10 +104,11 @@ def cluster():
         c.shutdown()
 
 
-def _nodes(out: Path, attempt: str) -> dict[int, str]:
+def _nodes(out: Path, attempt: str, step: int) -> dict[int, str]:
+    """rank -> Ray node id of each worker at `step` of an attempt ("before" / "after")."""
     return {
         int(p.name.split("rank")[1].split("-")[0]): p.read_text()
-        for p in out.glob(f"node-{attempt}-rank*-step1")
+        for p in out.glob(f"node-{attempt}-rank*-step{step}")
     }
 
 
@@ -140,7 +141,7 @@ def test_lost_worker_node_resumes_from_shared_checkpoint(cluster, shards, model_
         assert t.is_alive(), box.get("error")
         assert time.monotonic() < deadline, "the run never reached the pause"
         time.sleep(0.5)
-    before = _nodes(marks, "before")
+    before = _nodes(marks, "before", 1)
     assert len(set(before.values())) == 2, before  # the two workers ran on two nodes
     assert worker_node.node_id in before.values()
     time.sleep(3.0)  # let Ray Train's controller collect the step-2 checkpoint report
@@ -152,7 +153,7 @@ def test_lost_worker_node_resumes_from_shared_checkpoint(cluster, shards, model_
         raise box["error"]
     result = box["result"]
 
-    after = _nodes(marks, "after")
+    after = _nodes(marks, "after", PAUSE_AT_STEP)  # the restart begins again at step 3
     assert worker_node.node_id not in after.values() and len(set(after.values())) == 2, after
     assert result.resumed_from_step == CHECKPOINT_EVERY  # from the shared-storage checkpoint
     assert Path(result.checkpoint_dir).is_relative_to(storage)

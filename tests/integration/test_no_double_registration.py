@@ -26,7 +26,7 @@ def test_same_run_is_not_registered_twice(tmp_path, monkeypatch, model_cache):
     assert again.version == "1" and again.already_registered
     client = mlflow.MlflowClient(logger.store.uri, logger.store.uri)
     versions = client.search_model_versions("name='once'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     logged = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
     assert len(logged) == 1  # the model was not logged a second time either
 
