@@ -73,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{status}: {report.location}: {report.samples} samples, {report.images} images in "
         f"{report.shards} shards; digest {report.digest}"
     )
-    return 0 if report.ok else 1
+    return 0 if report.ok else 2  # bad data is a user error, like every other one
 
 
 def _encoder_for(recipe):

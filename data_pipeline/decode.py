@@ -49,11 +49,21 @@ def decode_image(data: bytes, name: str, raw: dict) -> Image.Image:
         ) from None
 
 
+def unsafe_key(key: str) -> bool:
+    """Does a sample key (a tar member name without extensions) point outside the shard's
+    directory: absolute, a drive or backslash path, or a '..' component?"""
+    return key.startswith(("/", "\\")) or "\\" in key or ":" in key or ".." in key.split("/")
+
+
 def decode_sample(raw: dict, kind: str, *, images: bool = True) -> dict:
     """The decoded-sample dict (see data_pipeline.schemas) of one raw sample.
 
     With `images=False` the images stay encoded bytes (faster, for tools that do not look).
     """
+    if unsafe_key(str(raw.get("__key__", ""))):
+        raise DataError(
+            f"{where(raw)}: member name points outside the shard directory (absolute or '..')"
+        )
     record = parse_record(kind, load_json(raw), where(raw))
     decoded: list[Any] = []
     for name in record.images:

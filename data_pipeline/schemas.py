@@ -96,11 +96,25 @@ class SFTRecord(_Record):
                 raise ValueError("messages must end with a user turn")
             if self.prompt is not None and self.prompt != self.messages[-1].content:
                 raise ValueError("prompt differs from the last user message")
+        _require_text(prompt=self.prompt_text, response=self.response)
         return self
 
     @property
     def prompt_text(self) -> str:
         return self.prompt if self.prompt is not None else self.messages[-1].content  # type: ignore[index]
+
+
+def _require_text(**fields: str | None) -> None:
+    """Each named field, when given, must hold more than whitespace."""
+    for name, value in fields.items():
+        if value is not None and not value.strip():
+            raise ValueError(f"{name} is empty")
+
+
+def _require_distinct(chosen: str | None, rejected: str | None) -> None:
+    """A preference pair must prefer something: chosen and rejected may not be the same text."""
+    if chosen is not None and rejected is not None and chosen.strip() == rejected.strip():
+        raise ValueError("chosen equals rejected (a pair that prefers nothing)")
 
 
 class PreferenceRecord(_Record):
@@ -111,6 +125,12 @@ class PreferenceRecord(_Record):
     chosen: str
     rejected: str
     paraphrases: list[str] | None = _PARAPHRASES
+
+    @model_validator(mode="after")
+    def _pair_texts(self) -> PreferenceRecord:
+        _require_text(prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
+        _require_distinct(self.chosen, self.rejected)
+        return self
 
 
 class EvalRecord(_Record):
@@ -128,6 +148,8 @@ class EvalRecord(_Record):
     def _pair_complete(self) -> EvalRecord:
         if (self.chosen is None) != (self.rejected is None):
             raise ValueError("chosen and rejected come together")
+        _require_text(prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
+        _require_distinct(self.chosen, self.rejected)
         return self
 
 

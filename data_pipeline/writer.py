@@ -9,9 +9,13 @@ Shards hold at most `max_samples` samples and roll over before a sample would ta
 
 Atomicity: a shard is written under a hidden temp name (`.train-000000.tar.tmp-PID`), fsynced
 and renamed only when complete; the manifest is written last, atomically. Replacing a split
-first rewrites the manifest without it, so at every instant the manifest lists only complete
-shards that exist. An interrupted write leaves no manifest entry for anything it wrote (hidden
-temp files may remain; they are never read).
+writes the new shards beside the old ones (names that the old split does not use, e.g.
+`train-000000-1a2b3c4d.tar` with the shard's sha256 prefix), switches the manifest to them in
+one atomic rename, and only then deletes the old shards: until the new split is complete the
+old one stays listed and readable. An interrupted write leaves no manifest entry for anything
+it wrote (hidden temp files and unlisted shards may remain; they are never read), and removes
+an output directory it created that stayed empty. A full disk (or any OS error) while writing
+is a DataError naming the file.
 
 Images are stored as given (their original encoding); the extension is sniffed from the
 bytes. Tar members carry a fixed mtime so the same data gives the same bytes and digest.
@@ -38,7 +42,6 @@ from data_pipeline.manifest import (
     fsync_dir,
     load_manifest,
     make_split,
-    remove_manifest,
     write_manifest,
 )
 from data_pipeline.schemas import _Record, check_key
@@ -66,17 +69,32 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _os_error(path: Path, e: OSError) -> DataError:
+    """An OS error while writing (ENOSPC, EACCES, ...) as a DataError naming the file."""
+    return DataError(f"{path}: cannot write: {e.strerror or e}")
+
+
 class _SplitWriter:
-    """Writes one split's shards; rolls to a new shard at `max_samples` or `max_bytes`."""
+    """Writes one split's shards; rolls to a new shard at `max_samples` or `max_bytes`.
+
+    `taken` are shard names the shard set already lists for this split (a split being
+    replaced): a new shard never takes one of them."""
 
     def __init__(
-        self, directory: Path, name: str, kind: str, max_samples: int, max_bytes: int
+        self,
+        directory: Path,
+        name: str,
+        kind: str,
+        max_samples: int,
+        max_bytes: int,
+        taken: frozenset[str] = frozenset(),
     ) -> None:
         self.directory = directory
         self.name = name
         self.kind = kind
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self.taken = taken
         self.shards: list[ShardInfo] = []
         self.keys: set[str] = set()
         self._file: Any = None
@@ -87,7 +105,10 @@ class _SplitWriter:
     def _open(self) -> None:
         final = f"{self.name}-{len(self.shards):06d}.tar"
         self._tmp = self.directory / f".{final}.tmp-{os.getpid()}"
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close_shard / abort
+        try:
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in _close_shard / abort
+        except OSError as e:
+            raise _os_error(self._tmp, e) from None
         self._tar = wds.TarWriter(self._file, mtime=FIXED_MTIME, encoder=False)
         self._count = 0
 
@@ -119,7 +140,10 @@ class _SplitWriter:
         if self._tar is None:
             self._open()
         assert self._tar is not None
-        self._tar.write(sample)
+        try:
+            self._tar.write(sample)
+        except OSError as e:
+            raise _os_error(self._tmp or self.directory, e) from None
         self.keys.add(key)
         self._count += 1
         if self._count >= self.max_samples:
@@ -128,18 +152,23 @@ class _SplitWriter:
     def _close_shard(self) -> None:
         if self._tar is None:
             return
-        self._tar.close()  # writes the tar end blocks; the file object stays ours
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         assert self._tmp is not None
-        final = self.directory / f"{self.name}-{len(self.shards):06d}.tar"
-        h = hashlib.sha256()
-        with open(self._tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        size = self._tmp.stat().st_size
-        os.replace(self._tmp, final)
+        try:
+            self._tar.close()  # writes the tar end blocks; the file object stays ours
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            h = hashlib.sha256()
+            with open(self._tmp, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            size = self._tmp.stat().st_size
+            final = self.directory / f"{self.name}-{len(self.shards):06d}.tar"
+            if final.name in self.taken:  # the split being replaced still lists that name
+                final = final.with_name(f"{final.stem}-{h.hexdigest()[:8]}.tar")
+            os.replace(self._tmp, final)
+        except OSError as e:
+            raise _os_error(self._tmp, e) from None
         self.shards.append(
             ShardInfo(name=final.name, samples=self._count, bytes=size, sha256=h.hexdigest())
         )
@@ -180,7 +209,11 @@ class ShardSetWriter:
         if max_samples < 1 or max_bytes < 1:
             raise DataError("shard bounds must be positive")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._created = _missing_dirs(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _os_error(self.directory, e) from None
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.overwrite = overwrite
@@ -194,7 +227,9 @@ class ShardSetWriter:
         self.manifest.info.update(info or {})
         self._splits: dict[str, _SplitWriter] = {}
         self._shifts: dict[str, str | None] = {}
+        self._replaced: dict[str, list[str]] = {}  # split -> shard names it listed before
         self.closed = False
+        self._committed = False  # the manifest listing this write's shards is on disk
 
     def _split(self, name: str, kind: str) -> _SplitWriter:
         sw = self._splits.get(name)
@@ -208,20 +243,25 @@ class ShardSetWriter:
                 raise DataError(
                     f"{self.directory}: split {name!r} exists (use overwrite to replace it)"
                 )
-            self._drop_split(name)
-        sw = _SplitWriter(self.directory, name, kind, self.max_samples, self.max_bytes)
+            self._replaced[name] = [s.name for s in self.manifest.splits[name].shards]
+        sw = _SplitWriter(
+            self.directory,
+            name,
+            kind,
+            self.max_samples,
+            self.max_bytes,
+            taken=frozenset(self._replaced.get(name, ())),
+        )
         self._splits[name] = sw
         return sw
 
-    def _drop_split(self, name: str) -> None:
-        """Unlist a split (manifest rewritten first), then delete its shards."""
-        old = self.manifest.splits.pop(name)
-        if self.manifest.splits:
-            write_manifest(self.directory, self.manifest)
-        else:
-            remove_manifest(self.directory)
-        for s in old.shards:
-            (self.directory / s.name).unlink(missing_ok=True)
+    def _delete_replaced(self) -> None:
+        """Delete the shards of replaced splits that the new manifest no longer lists."""
+        listed = {s.name for sp in self.manifest.splits.values() for s in sp.shards}
+        for names in self._replaced.values():
+            for n in names:
+                if n not in listed:
+                    (self.directory / n).unlink(missing_ok=True)
         fsync_dir(self.directory)
 
     def write(self, split: str, record: _Record, images: list[bytes], key: str) -> None:
@@ -246,21 +286,48 @@ class ShardSetWriter:
                 self.manifest.splits[name].shift = shift
         fsync_dir(self.directory)
         self.manifest.created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        write_manifest(self.directory, self.manifest)
-        self.closed = True
+        try:
+            write_manifest(self.directory, self.manifest)
+        except OSError as e:
+            raise _os_error(self.directory / MANIFEST, e) from None
+        self.closed = self._committed = True
+        self._delete_replaced()  # only now: the old shards were listed until this instant
         return self.manifest
 
     def abort(self) -> None:
-        """Drop unfinished shards; write no manifest for this write's splits."""
+        """Drop unfinished shards; write no manifest for this write's splits (replaced splits
+        keep their old shards, still listed); remove output directories this writer created
+        when they stayed empty."""
+        if self._committed:
+            return
         for sw in self._splits.values():
             sw.abort()
+            for info in sw.shards:  # finished but never listed: nothing would ever read them
+                (self.directory / info.name).unlink(missing_ok=True)
         self.closed = True
+        for d in self._created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only succeeds when empty
 
     def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """`directory` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    d = directory.absolute()
+    while not d.exists() and d != d.parent:
+        out.append(d)
+        d = d.parent
+    return out

@@ -76,6 +76,15 @@ def convert(
     skips = SkipCounter()
     total = module.count(src_p, opts) if progress else None
     bar = tqdm(total=total, desc=f"convert {fmt}", unit="row", disable=not progress)
+    try:
+        return _convert(module, fmt, src, src_p, opts, out, split, policy, skips, bar, limit,
+                        max_samples, max_bytes, overwrite, shift)  # fmt: skip
+    finally:
+        bar.close()  # before any error line, so the two do not share a line
+
+
+def _convert(module, fmt, src, src_p, opts, out, split, policy, skips, bar, limit,
+             max_samples, max_bytes, overwrite, shift) -> dict[str, Any]:  # fmt: skip
     written = 0
     out_kind: str | None = None
     with ShardSetWriter(
@@ -86,6 +95,8 @@ def convert(
         overwrite=overwrite,
         info={f"convert.{split}": {"format": fmt, "src": str(src_p)}},
     ) as w:
+        if split in w.manifest.splits and not overwrite:  # once, not as a per-row error
+            raise DataError(f"{out}: split {split!r} exists (use --overwrite to replace it)")
         if shift is not None:
             w.mark_shift(split, shift)
         for item in module.items(src_p, opts):
@@ -116,7 +127,6 @@ def convert(
                 + (f"; first: {skips.reasons[0]}" if skips.reasons else "")
                 + ")"
             )
-    bar.close()
     return {
         "out": str(out),
         "split": split,

@@ -35,13 +35,15 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a recipe (schema, files, manifests, model family) and print a summary."""
     from vlalign.config.checks import check_recipe
-    from vlalign.config.loading import load_recipe
-    from vlalign.errors import RecipeError
+    from vlalign.config.loading import load_recipe, recipe_problems
+    from vlalign.config.preflight import fetch_problems
 
     recipe = load_recipe(args.recipe, args.overrides)
     problems = check_recipe(recipe)
+    if not args.elsewhere:
+        problems += fetch_problems(recipe)
     if problems:
-        raise RecipeError(args.recipe, problems)
+        raise recipe_problems(args.recipe, problems, args.overrides)
     m, t = recipe.method, recipe.train
     print(f"ok: {args.recipe} ({recipe.name})")
     print(f"  model    {recipe.model.name} [{recipe.family}] {recipe.model.dtype}")
@@ -163,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe before anything starts")
     p.add_argument("recipe", help="recipe file or shipped name (see `vlalign ls`)")
     _add_overrides(p)
+    p.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="the recipe will run on another machine: skip checking that its hub model "
+        "can be fetched here",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ls", help="list the shipped recipes (--catalog: methods, losses, families)")

@@ -59,7 +59,7 @@ def test_data_commands(tmp_path, capsys, model_cache):
     key = first_key(shard)
     replace_member(shard, f"{key}.json", b'{"prompt": 1}')
     refresh_manifest(out)
-    assert main(["data", "validate", str(out), "--quiet"]) == 1
+    assert main(["data", "validate", str(out), "--quiet"]) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"BAD train/{shard.name} key {key}: invalid preference record")
     assert lines[-1].startswith("1 problem(s)")

@@ -105,10 +105,16 @@ def test_interrupted_write_lists_nothing_it_wrote(tmp_path):
         for key, rec, imgs in _pairs(10):
             w.write("train", rec, imgs, key)
         raise RuntimeError("killed")
-    assert not (out / MANIFEST).exists()
-    assert not list(out.glob(".*tmp*"))  # the unfinished shard was removed
-    with pytest.raises(DataError, match="interrupted write"):
-        load_manifest(out)
+    # The finished shards (never listed) and the unfinished one were removed, and so was the
+    # output directory the writer created (a failed convert leaves no empty folder behind).
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError), ShardSetWriter(kept, max_samples=4) as w:
+        for key, rec, imgs in _pairs(10):
+            w.write("train", rec, imgs, key)
+        raise RuntimeError("killed")
+    assert kept.is_dir() and not list(kept.iterdir())  # a folder the user made stays
 
 
 def test_replacing_a_split_keeps_others_and_needs_overwrite(tmp_path):
@@ -119,15 +125,29 @@ def test_replacing_a_split_keeps_others_and_needs_overwrite(tmp_path):
             w.write("other", rec, imgs, key)
     with pytest.raises(DataError, match="exists"), ShardSetWriter(out) as w:
         w.write("train", *_pairs(1)[0][1:], "x")
-    # an interrupted replacement: the old split is unlisted first, the other split stays valid
+    # an interrupted replacement: the old split survives whole, the other split stays valid
+    before = load_manifest(out)
     with pytest.raises(RuntimeError), ShardSetWriter(out, overwrite=True) as w:
         w.write("train", *_pairs(1)[0][1:], "x")
         raise RuntimeError("killed")
     m = load_manifest(out)
-    assert list(m.splits) == ["other"]
-    for s in m.splits["other"].shards:
-        assert (out / s.name).is_file()
+    assert m == before
+    for sp in m.splits.values():
+        for s in sp.shards:
+            assert (out / s.name).is_file()
     assert len(list(iter_samples(str(out), "other"))) == 3
+    assert len(list(iter_samples(str(out), "train"))) == 3
+    # a completed replacement lists only the new shards and deletes the old ones
+    with ShardSetWriter(out, overwrite=True) as w:
+        w.write("train", *_pairs(1)[0][1:], "x")
+    m = load_manifest(out)
+    assert [s["key"] for s in iter_samples(str(out), "train")] == ["x"]
+    old = {s.name for s in before.splits["train"].shards}
+    assert not old & {s.name for s in m.splits["train"].shards}
+    assert not [n for n in old if (out / n).exists()]
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(
+        s.name for sp in m.splits.values() for s in sp.shards
+    )
 
 
 def test_writer_rejects_bad_input(tmp_path):

@@ -6,12 +6,12 @@ run before anything starts (`vlalign validate`, `vlalign run`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from vlalign.config.preflight import HUB_ID as _HUB_ID
+from vlalign.config.preflight import batch_problems, model_source_problems
 from vlalign.config.schema import BUILTIN_MODELS, Recipe
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _REMOTE = ("http://", "https://", "s3://", "gs://", "pipe:")
 
 
@@ -41,6 +41,8 @@ def check_recipe(recipe: Recipe) -> list[str]:
         cfg = Path(m.name).expanduser() / "config.json"
         if not cfg.is_file():
             problems.append(f"model.name: {m.name!r} has no config.json to detect the family from")
+    problems += model_source_problems(recipe)
+    problems += batch_problems(recipe)
     if m.name in BUILTIN_MODELS and m.family not in ("auto", recipe.family):
         problems.append(f"model.family: {m.family!r} does not match built-in {m.name!r}")
     _check_shards("data.train", recipe.data.train, problems)

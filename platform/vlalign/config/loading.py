@@ -20,6 +20,8 @@ from vlalign.config.schema import METHOD_SECTIONS, Recipe
 from vlalign.errors import RecipeError
 
 RECIPES_DIR = recipes_dir()  # package data when installed, the checkout's recipes/ otherwise
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything this big is a mistake
+MAX_RECIPE_VALUES = 100_000  # values after YAML aliases expand (a "billion laughs" refuses)
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -51,13 +53,49 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
     raise RecipeError(str(ref), [f"no such recipe file or shipped recipe name{extra}"])
 
 
+def _count_values(data: Any, limit: int) -> int:
+    """Values in a loaded YAML document with aliases expanded, counting stops past `limit`.
+
+    safe_load shares an aliased node instead of copying it, so a few lines of anchors can stand
+    for billions of values that every later copy or validation would walk."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise RecipeError(str(path), [f"cannot read: {e.strerror}"]) from None
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            str(path),
+            [f"{size / 1e6:.1f} MB is larger than a recipe may be ({MAX_RECIPE_BYTES >> 20} MiB)"],
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
     except UnicodeDecodeError:
         raise RecipeError(str(path), ["not UTF-8 text"]) from None
+    except (OSError, RecursionError) as e:
+        raise RecipeError(str(path), [f"cannot read: {e}"]) from None
+    if _count_values(data, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+        raise RecipeError(
+            str(path),
+            [
+                f"expands to more than {MAX_RECIPE_VALUES} values through YAML aliases "
+                "(an alias bomb?): refused"
+            ],
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -176,7 +214,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _format_errors(err: ValidationError) -> list[str]:
+def _override_for(loc: list[str], overrides: list[str]) -> str | None:
+    """The last command-line override that set `loc` or a key above or below it."""
+    for text in reversed(overrides):
+        parts = [p for p in text.split("=", 1)[0].strip().split(".") if p]
+        n = min(len(parts), len(loc))
+        if n and parts[:n] == loc[:n]:
+            return text
+    return None
+
+
+def recipe_problems(ref: str | Path, problems: list[str], overrides: list[str] | None):
+    """A RecipeError for problems found by checks: a problem whose key path a command-line
+    override set names that override, and when all do, the error names the command line."""
+    marked = []
+    for p in problems:
+        key = p.split(":", 1)[0].strip()
+        source = _override_for(key.split("."), overrides or []) if " " not in key else None
+        marked.append(f"{p} [from command-line override {source!r}]" if source else p)
+    if overrides and all("[from command-line override" in p for p in marked):
+        return RecipeError(f"command-line override (on {ref})", marked)
+    return RecipeError(str(ref), marked)
+
+
+def _format_errors(err: ValidationError, overrides: list[str] | None = None) -> list[str]:
     problems = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
@@ -187,30 +248,30 @@ def _format_errors(err: ValidationError) -> list[str]:
         key = ".".join(shown) or "<top level>"
         if e["type"] == "extra_forbidden":
             where = f" of method {loc[1]!r}" if shown is not loc and len(loc) > 1 else ""
-            problems.append(f"{key}: unknown key{where}{_suggest(loc, shown)}")
+            msg = f"{key}: unknown key{where}{_suggest(loc, shown)}"
         elif e["type"] == "missing":
-            problems.append(f"{key}: required key is missing")
+            msg = f"{key}: required key is missing"
         elif shown == ["method", "loss"] and e["type"] == "literal_error":
             fits = ", ".join(catalog.losses_for(loc[1]))
-            problems.append(
+            msg = (
                 f"{key}: loss {e.get('input')!r} does not belong to method {loc[1]!r} "
                 f"(choose from {fits}; `vlalign ls --catalog` lists them all)"
             )
         elif e["type"] == "union_tag_invalid":
             tag = e.get("ctx", {}).get("tag")
-            problems.append(
-                f"{key}.name: unknown method {tag!r}; valid methods: {', '.join(METHOD_SECTIONS)}"
-            )
+            msg = f"{key}.name: unknown method {tag!r}; valid methods: {', '.join(METHOD_SECTIONS)}"
         elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
-            msg = e["msg"].removeprefix("Value error, ")
-            field, sep, rest = msg.partition(": ")  # validators name their field first
+            text = e["msg"].removeprefix("Value error, ")
+            field, sep, rest = text.partition(": ")  # validators name their field first
             if sep and field.isidentifier():
-                key, msg = f"{key}.{field}", rest
-            problems.append(f"{key}: {msg}")
+                key, text = f"{key}.{field}", rest
+            msg = f"{key}: {text}"
         else:
             got = e.get("input")
             shown_v = repr(got) if not isinstance(got, dict) else "a mapping"
-            problems.append(f"{key}: {e['msg']} (got {shown_v})")
+            msg = f"{key}: {e['msg']} (got {shown_v})"
+        source = _override_for(shown, overrides or []) if loc else None
+        problems.append(f"{msg} [from command-line override {source!r}]" if source else msg)
     return problems
 
 
@@ -229,7 +290,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(str(file), _format_errors(e)) from None
+        problems = _format_errors(e, overrides)
+        if overrides and all("[from command-line override" in p for p in problems):
+            raise RecipeError(f"command-line override (on {file})", problems) from None
+        raise RecipeError(str(file), problems) from None
 
 
 def _default_name(file: Path) -> str:

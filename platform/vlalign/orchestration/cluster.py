@@ -11,19 +11,26 @@
 - Joining a cluster with token authentication needs no RAY_AUTH_MODE in the shell when a token
   is found (the way `ray start` decides for a head).
 - A process where Ray is already initialized keeps its connection (and it is not shut down).
+- Before joining, the address is probed (a TCP connect, PROBE_TIMEOUT_S): a closed port or an
+  unknown host fails at once with a line naming the address, where ray.init would retry for a
+  minute without heeding SIGTERM.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from vlalign.config.schema import Recipe
+from vlalign.errors import VlalignError
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+PROBE_TIMEOUT_S = 5.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -36,6 +43,43 @@ def is_loopback(address: str) -> bool:
     """True for 127.0.0.1:6379, localhost:6379, ray://127.0.0.1:10001 and the like."""
     host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
     return host in _LOOPBACK or host.startswith("127.")
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise VlalignError naming `address` when nothing accepts a TCP connection there.
+
+    `auto` (a cluster found on this machine) is left to Ray; a missing port means Ray's
+    defaults: 6379 (GCS) or 10001 (ray:// client)."""
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise VlalignError(f"Ray address {address!r}: the port is not a number") from None
+    host = parts.hostname
+    if not host:
+        raise VlalignError(f"Ray address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    port = port or (10001 if parts.scheme == "ray" else 6379)
+    error: list[str] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            error.append(e.strerror or str(e) or type(e).__name__)
+
+    t = threading.Thread(target=probe, daemon=True)  # name lookup has no timeout of its own
+    t.start()
+    t.join(timeout + 1.0)
+    if t.is_alive():
+        error.append(f"no answer within {timeout:.0f} s")
+    if error:
+        raise VlalignError(
+            f"cannot reach the Ray cluster at {address} ({error[0]}): is it running? "
+            "(start one with cluster/local/start-head.sh, or leave --address / RAY_ADDRESS "
+            "unset for a local cluster)"
+        )
 
 
 def use_local_only_mode() -> None:
@@ -97,6 +141,7 @@ def ray_cluster(address: str | None, recipe: Recipe) -> Iterator[str]:
         if ctx.dashboard_url:
             where += f", dashboard http://{ctx.dashboard_url}"
     else:
+        probe_address(target)
         if is_loopback(target):
             use_local_only_mode()
         enable_token_auth_if_token_found()

@@ -113,6 +113,22 @@ def ui_command(store, port: int) -> list[str]:
     return [*cmd, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
+def _check_port_free(port: int) -> None:
+    """VlalignError naming the port when 127.0.0.1:port cannot be bound (in use, privileged)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise VlalignError(f"--port {port}: not a TCP port (1-65535)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise VlalignError(
+                f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}): "
+                "pick another port with --port"
+            ) from None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run the MLflow UI on 127.0.0.1 for the configured store (Ctrl-C stops it)."""
     from vlalign.tracking.store import prepare_store
@@ -120,17 +136,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
     store = _store(args)
     if store.is_server:
         raise VlalignError(f"{store.uri} is already a tracking server: open it in a browser")
+    _check_port_free(args.port)
     prepare_store(store)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow UI for {store.uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
     proc = subprocess.Popen(ui_command(store, args.port), env=env)
 
+    stopping: list[bool] = []
+
     def _stop(signum, frame) -> None:  # SIGTERM: stop the server too, do not orphan it
+        stopping.append(True)
         proc.terminate()
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        return proc.wait()
+        code = proc.wait()
+        if code != 0 and not stopping:
+            raise VlalignError(f"the MLflow UI server exited with code {code} (see above)")
+        return code
     except KeyboardInterrupt:  # Ctrl-C reaches the server as well; wait for it to exit
         proc.wait(timeout=30)
         return 0

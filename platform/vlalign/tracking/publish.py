@@ -6,7 +6,9 @@
 Logs the scorecard (eval/<name>/scorecard.json) and the exported policy as a pyfunc model,
 registers it as a new version of recipe.tracking.registered_model (alias `candidate`) when the
 recipe names one, and when recipe.promotion.auto is set tries promotion: a refusal is recorded
-(version tags, result.refused) but does not fail the run.
+(version tags, result.refused) but does not fail the run. A run is registered at most once: when
+the registered model already has a version of this MLflow run, that version is returned and
+nothing is logged or registered again (`result.already_registered`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ class PublishResult:
     version: str | None = None
     promoted: PromotionResult | None = None
     refused: PromotionRefused | None = None
+    already_registered: bool = False
+
+
+def version_of_run(store, name: str, run_id: str) -> str | None:
+    """The version of registered model `name` made from MLflow run `run_id`, if any."""
+    from vlalign.tracking.store import client_for
+
+    found = client_for(store).search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return str(min(int(v.version) for v in found)) if found else None
 
 
 def publish_run(
@@ -41,12 +52,17 @@ def publish_run(
     result = PublishResult()
     if not logger.enabled or logger.run_id is None:
         return result
+    name = recipe.tracking.registered_model
+    if name and export_dir is not None and recipe.tracking.log_model:
+        existing = version_of_run(logger.store, name, logger.run_id)
+        if existing is not None:  # this run was published before: never a second version
+            result.version, result.already_registered = existing, True
+            return result
     card = logger.log_scorecard(scorecard) if scorecard is not None else None
     if export_dir is None or not recipe.tracking.log_model:
         return result
     info = logger.log_model(export_dir, recipe)
     result.model_uri = info.model_uri
-    name = recipe.tracking.registered_model
     if not name:
         return result
     mv = register_version(

@@ -10,7 +10,9 @@ Layout under `<output_dir>/checkpoints/`::
 
 Every rank calls `save` (DeepSpeed's save is collective). Files go to `.tmp-step-000020/`; after
 a barrier rank 0 renames it and only then moves `latest`, so an interrupted save never becomes
-the restart point.
+the restart point. A save that fails for want of space (or any OS error) removes its temp
+folder and raises VlalignError naming the path; the previous checkpoint and `latest` stay.
+trainer_state.json also records the recipe digest and method (`vlalign.training.resume`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class TrainerState:
     losses: list[float] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
     method_state: dict = field(default_factory=dict)  # the method's own state (JSON)
+    recipe_digest: str | None = None  # training-relevant recipe (vlalign.training.resume)
+    method: str | None = None
 
 
 def step_dirname(step: int) -> str:
@@ -72,22 +76,40 @@ def save(engine, root: Path, state: TrainerState, rank: int, world_size: int, ke
     """Collective save of engine + trainer state + RNG; returns the final checkpoint directory."""
     final = root / step_dirname(state.step)
     tmp = root / f".tmp-{step_dirname(state.step)}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, save_latest=False)
-    torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
-    barrier()
-    if rank == 0:
-        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_latest(root, final.name)
-        _prune(root, keep)
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, save_latest=False)
+        torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
+        barrier()
+        if rank == 0:
+            (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_latest(root, final.name)
+            _prune(root, keep)
+    except OSError as e:
+        raise _save_failed(root, tmp, e) from None
+    except RuntimeError as e:  # torch.save wraps the OS error ("... file write failed")
+        if "write" not in str(e).lower():
+            raise
+        raise _save_failed(root, tmp, e) from None
     barrier()
     return final
+
+
+def _save_failed(root: Path, tmp: Path, e: Exception):
+    """The error of a checkpoint that could not be written; its temp folder is removed."""
+    from vlalign.errors import VlalignError
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    prev = latest(root)
+    kept = f"; the previous checkpoint {prev} is intact" if prev else ""
+    return VlalignError(f"checkpoint {tmp}: cannot write ({reason}){kept}")
 
 
 def _write_latest(root: Path, name: str) -> None:
@@ -123,4 +145,6 @@ def load(engine, ckpt: Path, rank: int) -> TrainerState:
     rng = ckpt / f"rng-rank{rank}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=True))
-    return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    known = TrainerState.__dataclass_fields__
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    return TrainerState(**{k: v for k, v in saved.items() if k in known})

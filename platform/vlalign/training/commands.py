@@ -7,13 +7,27 @@ import argparse
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vlalign.config.checks import check_recipe
-    from vlalign.config.loading import load_recipe
-    from vlalign.errors import RecipeError
+    from vlalign.config.loading import load_recipe, recipe_problems
+    from vlalign.config.preflight import fetch_problems
+    from vlalign.orchestration.cluster import probe_address, resolve_address
 
     recipe = load_recipe(args.recipe, args.overrides)
     problems = check_recipe(recipe)
+    address = None if args.no_ray else resolve_address(args.address, recipe)
+    if address is None:  # the model loads on this machine
+        problems += fetch_problems(recipe)
     if problems:
-        raise RecipeError(args.recipe, problems)
+        raise recipe_problems(args.recipe, problems, args.overrides)
+    if address is not None:
+        probe_address(address)  # a closed port fails here, before anything is created
+    from vlalign.training.resume import plan, set_aside
+
+    if args.restart and (moved := set_aside(recipe)) is not None:
+        print(f"{recipe.name}: the previous run is set aside in {moved}")
+    start = plan(recipe)  # a checkpoint of another recipe is refused here
+    print(f"{recipe.name}: {start.message}", flush=True)
+    if start.action == "finished":
+        return 0
     from vlalign.tracking.run_logger import RunLogger
     from vlalign.tracking.store import pin_store, resolve_store
 
@@ -49,7 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     fin = finish_run(recipe, result, evaluate_export=not args.no_eval)
     last = result.metrics[-1] if result.metrics else {}
     print(
-        f"done: {recipe.name}: {len(result.losses)} steps this run, final loss {last.get('loss', float('nan')):.4f}"
+        f"done: {recipe.name}: {len(result.losses) - result.resumed_from_step} steps this run "
+        f"(step {len(result.losses)} of {recipe.train.max_steps}), "
+        f"final loss {last.get('loss', float('nan')):.4f}"
     )
     if result.export_dir:
         print(f"  exported   {result.export_dir}")
@@ -81,6 +97,11 @@ def register(sub) -> None:
     p.add_argument("--nproc", type=int, default=1, help="local processes with --no-ray (ranks)")
     p.add_argument(
         "--no-eval", action="store_true", help="skip the safety evaluation after training"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="set a previous run in the output directory aside (previous-<time>/) and train anew",
     )
     p.add_argument(
         "--address",

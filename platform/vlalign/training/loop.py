@@ -33,6 +33,7 @@ from vlalign.methods import Run, load_method
 from vlalign.models import apply_peft, build
 from vlalign.models.inputs import ChatEncoder
 from vlalign.training import checkpoint as ckpt
+from vlalign.training import resume
 from vlalign.training.context import TrainContext, TrainResult
 from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group, launcher_env
 from vlalign.training.engine import initialize
@@ -111,10 +112,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     method.setup(engine)
     dtype = next(p for p in engine.module.parameters()).dtype
 
-    restore = ctx.restore_from or ckpt.latest(root)
-    tstate = ckpt.TrainerState(step=0)
+    tstate, restore = resume.restore(engine, recipe, root, ctx.restore_from, rank)
     if restore is not None:
-        tstate = ckpt.load(engine, Path(restore), rank)
         log.info("resumed from %s at step %d", restore, tstate.step)
     resumed_from = tstate.step
 

@@ -1,0 +1,242 @@
+"""Whether and from where a run resumes: the recipe digest, the finished-run rule, and the
+fallback past a corrupt checkpoint.
+
+A checkpoint records `recipe_digest`, a sha256 over the parts of the recipe that decide what
+is trained and how (model, LoRA policy, training data, method and loss, optimizer and
+schedule, engine, number of workers); logging, checkpoint cadence, evaluation, tracking and
+promotion settings are left out, so they may change between a run and its resumption.
+
+Two places use it:
+- the driver (`vlalign run`), before any worker starts, calls `plan(recipe)`: a fresh run, a
+  resumption (said plainly, with the step), a finished run (nothing to train; `--restart`
+  sets the old run aside and trains anew), or a refusal when the output directory holds a
+  checkpoint of a different recipe;
+- each training process calls `restore(engine, recipe, root, restore_from, rank)` (in the
+  loop, where it resumes): the same digest check, then the newest checkpoint that loads on
+  every rank; a corrupt one is named and skipped for the previous good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlalign.config.schema import Recipe
+from vlalign.errors import VlalignError
+from vlalign.training import checkpoint as ckpt
+
+log = logging.getLogger("vlalign.train")
+
+# Recipe fields that do not change what a step computes (dotted paths).
+_IGNORED = {
+    "name",
+    "description",
+    "extends",
+    "eval",
+    "tracking",
+    "promotion",
+    "model.cache_dir",
+    "data.eval",
+    "data.eval_split",
+    "method.reference_cache_dir",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.output_dir",
+    "train.export",
+    "resources.cpus_per_worker",
+    "resources.gpus_per_worker",
+    "resources.address",
+    "resources.storage_path",
+    "resources.max_failures",
+}
+
+
+def _strip(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        path = f"{prefix}{k}"
+        if path in _IGNORED:
+            continue
+        out[k] = _strip(v, f"{path}.") if isinstance(v, dict) else v
+    return out
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    """sha256 of the training-relevant part of the recipe (see the module docstring)."""
+    data = _strip(recipe.model_dump(mode="json"))
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def candidates(root: Path, restore_from: Path | None = None) -> list[Path]:
+    """Checkpoints to try, best first: the one handed over (Ray), `latest`, then older ones."""
+    out: list[Path] = []
+    if restore_from is not None:
+        out.append(Path(restore_from))
+    newest = ckpt.latest(root)
+    if newest is not None:
+        out.append(newest)
+    if root.is_dir():
+        steps = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+        out.extend(p for p in steps if (p / "trainer_state.json").is_file())
+    seen, unique = set(), []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def check_digest(checkpoint: Path, state: dict, recipe: Recipe) -> None:
+    """VlalignError when the checkpoint was written by a different recipe."""
+    saved = state.get("recipe_digest")
+    if saved is None:  # written before checkpoints carried a digest: nothing to compare
+        return
+    mine = recipe_digest(recipe)
+    if saved != mine:
+        what = state.get("method") or "another recipe"
+        raise VlalignError(
+            f"{checkpoint} was written by a different recipe ({what}, digest {saved[7:19]}; "
+            f"this recipe: {recipe.method.name}, digest {mine[7:19]}): it will not be resumed. "
+            f"Use another train.output_dir, or `vlalign run --restart` to set "
+            f"{Path(recipe.output_dir)} aside and train anew"
+        )
+
+
+@dataclass
+class Plan:
+    """What `vlalign run` will do with the recipe's output directory."""
+
+    action: str  # "fresh" | "resume" | "finished"
+    checkpoint: Path | None = None
+    step: int = 0
+    run_id: str | None = None
+    message: str = ""
+
+
+def plan(recipe: Recipe) -> Plan:
+    """Decide, before any worker starts, how a run starts (see the module docstring)."""
+    root = Path(recipe.output_dir) / "checkpoints"
+    for c in candidates(root):
+        try:
+            state = _state(c)
+        except (OSError, ValueError) as e:
+            log.warning("checkpoint %s: unreadable trainer_state.json (%s); skipped", c, e)
+            continue
+        check_digest(c, state, recipe)
+        step, run_id = int(state.get("step", 0)), state.get("run_id")
+        if step >= recipe.train.max_steps:
+            return Plan(
+                "finished",
+                c,
+                step,
+                run_id,
+                f"{recipe.output_dir} holds a finished run of this recipe (step {step} of "
+                f"{recipe.train.max_steps}"
+                + (f", MLflow run {run_id}" if run_id else "")
+                + "): nothing to train; `vlalign run --restart` sets it aside and trains anew",
+            )
+        return Plan(
+            "resume",
+            c,
+            step,
+            run_id,
+            f"resuming {recipe.output_dir} from checkpoint {c.name} (step {step} of "
+            f"{recipe.train.max_steps})" + (f", MLflow run {run_id}" if run_id else ""),
+        )
+    return Plan("fresh", message=f"starting {recipe.output_dir} at step 0")
+
+
+# What a run leaves in its output directory; --restart moves these aside.
+RUN_PARTS = ("checkpoints", "export", "eval", "ray", "reference_cache")
+
+
+def set_aside(recipe: Recipe) -> Path | None:
+    """Move a previous run's parts into `<output_dir>/previous-<UTC time>/` (nothing is
+    deleted); returns that folder, or None when there was nothing to move."""
+    out = Path(recipe.output_dir)
+    parts = [out / p for p in RUN_PARTS if (out / p).exists()]
+    if not parts:
+        return None
+    dest = out / time.strftime("previous-%Y%m%dT%H%M%SZ", time.gmtime())
+    dest.mkdir(parents=True, exist_ok=False)
+    for p in parts:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+def _diagnose(checkpoint: Path, error: BaseException) -> str:
+    """The file of a checkpoint that does not load, when one can be singled out."""
+    import torch
+
+    for f in sorted(checkpoint.rglob("*")):
+        if not f.is_file():
+            continue
+        try:
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix in (".pt", ".bin", ".pth"):
+                torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:
+            return f"{f}: {type(e).__name__}: {e}"
+    return f"{checkpoint}: {type(error).__name__}: {error}"
+
+
+def restore(
+    engine, recipe: Recipe, root: Path, restore_from: Path | None, rank: int
+) -> tuple[ckpt.TrainerState, Path | None]:
+    """Load the newest good checkpoint into the engine (all ranks agree which); returns the
+    trainer state (step 0 and this recipe's digest when there is none) and its directory.
+
+    A checkpoint of another recipe raises VlalignError; one that fails to load on any rank is
+    named and the previous one tried; when none loads, VlalignError names the first problem.
+    """
+    import torch
+
+    from vlalign.training.distributed import all_reduce_sum
+
+    device = getattr(engine, "device", torch.device("cpu"))
+    problems: list[str] = []
+    tried = candidates(root, restore_from)
+    for c in tried:
+        error: BaseException | None = None
+        try:
+            state = _state(c)
+        except (OSError, ValueError) as e:
+            state, error = {}, e
+        if error is None:
+            check_digest(c, state, recipe)
+            try:
+                tstate = ckpt.load(engine, c, rank)
+            except Exception as e:
+                error = e
+        failed = all_reduce_sum(1.0 if error is not None else 0.0, device)
+        if failed == 0:
+            if problems:
+                log.warning("resumed from the previous good checkpoint %s", c)
+            tstate.recipe_digest = tstate.recipe_digest or recipe_digest(recipe)
+            tstate.method = tstate.method or recipe.method.name
+            return tstate, c
+        if error is not None:
+            problems.append(_diagnose(c, error))
+            log.warning(
+                "checkpoint %s does not load (%s); trying the previous one", c, problems[-1]
+            )
+        else:
+            problems.append(f"{c}: failed to load on another rank")
+    if problems:
+        raise VlalignError(f"no checkpoint under {root} loads; first problem: {problems[0]}")
+    return ckpt.TrainerState(
+        step=0, recipe_digest=recipe_digest(recipe), method=recipe.method.name
+    ), None
