@@ -5,4 +5,4 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # bytes per shard
 
 # Names `vlalign data convert --format` accepts (data_pipeline.converters.FORMATS has the code;
 # a test keeps the two equal).
-CONVERTER_FORMATS = ("jsonl", "rlaif-v", "spa-vl", "vlguard")
+CONVERTER_FORMATS = ("beavertails-v", "jsonl", "rlaif-v", "spa-vl", "vlguard")

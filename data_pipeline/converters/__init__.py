@@ -5,6 +5,7 @@ Formats (layouts in each module's docstring; facts in shared/DATASETS.md):
     spa-vl    SPA-VL parquet / JSONL rows                           -> preference (or eval)
     rlaif-v   RLAIF-V parquet / JSONL rows                          -> preference
     jsonl     generic JSONL with image paths                        -> sft | preference | eval
+    beavertails-v  BeaverTails-V parquet rows (safety pairs + flags)  -> preference (or eval)
 
 A row that cannot be converted raises a DataError naming the source file and row (policy
 "raise"), or is skipped, counted and reported (policy "skip").
@@ -18,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_pipeline.converters import jsonl, rlaif_v, spa_vl, vlguard
+from data_pipeline.converters import beavertails_v, jsonl, rlaif_v, spa_vl, vlguard
 from data_pipeline.converters.common import Item, Options
 from data_pipeline.skips import SkipCounter, check_policy, handle
 from data_pipeline.writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, ShardSetWriter
@@ -29,6 +30,7 @@ FORMATS: dict[str, ModuleType] = {
     "spa-vl": spa_vl,
     "rlaif-v": rlaif_v,
     "jsonl": jsonl,
+    "beavertails-v": beavertails_v,
 }
 
 

@@ -232,7 +232,7 @@ def combined_advantage(
 
     Lambdas are treated as constants (no gradient flows into them).
     """
-    lambdas = lambdas.detach().to(reward_adv.dtype)
+    lambdas = lambdas.detach().to(reward_adv.device, reward_adv.dtype)
     has = category >= 0
     lam = torch.where(has, lambdas[category.clamp(min=0)], torch.zeros_like(reward_adv))
     num = reward_adv - lam * cost_adv
