@@ -18,10 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from vlalign.losses import LossSpec, resolve_loss
-from vlalign.methods.base import OfflineMethod, Run, StepOutput
-from vlalign.methods.reward import score_pairs
-from vlalign.models.unwrap import unwrap
-from vlalign.models.value_head import RewardModel
+from vlalign.methods.base import StepOutput
+from vlalign.methods.reward import Reward, score_pairs
 
 if TYPE_CHECKING:
     from vlalign.config.schema import CostMethod
@@ -75,33 +73,17 @@ def cost_metrics(sums: dict[str, float], pairs: float) -> dict[str, float]:
     return out
 
 
-class Cost(OfflineMethod):
+class Cost(Reward):
     """Batches: chosen_* (safer) / rejected_* (more harmful) [B, T] + the images once per pair,
-    + chosen_safety_sign / rejected_safety_sign [B] when the data carries safety labels."""
+    + chosen_safety_sign / rejected_safety_sign [B] when the data carries safety labels.
 
-    batch_kind = "pairs"
+    The reward model's machinery (the policy under a scalar head, pairs as units); its own loss."""
 
-    def __init__(self, cfg: CostMethod) -> None:
+    def __init__(self, cfg: CostMethod) -> None:  # type: ignore[override]
         self.cfg = cfg
         self.loss: LossSpec = resolve_loss("cost", cfg.loss)
         self.model: nn.Module | None = None
         self.pad_id = 0
-
-    def prepare(self, run: Run) -> nn.Module:
-        """The policy under a scalar head (the reward model's) is what trains."""
-        self.pad_id = run.pad_id
-        head = RewardModel(run.model)
-        return head.to(unwrap(run.model).dtype)
-
-    def setup(self, engine: nn.Module) -> None:
-        self.model = engine
-
-    def units(self, batch: dict) -> float:
-        """Pairs."""
-        return float(batch["chosen_input_ids"].shape[0])
-
-    def tokens(self, batch: dict) -> int:
-        return int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
 
     def step(self, batch: dict) -> StepOutput:
         """Safe RLHF cost loss summed over pairs; count = pairs."""
