@@ -111,6 +111,8 @@ def test_safe_rlhf_multipliers_move_and_resume_exactly(tmp_path, shards, model_c
     for k in seen:  # violated (costs > 0 = budget on a random policy) -> lambda rose from 1
         if last[f"lagrange/constraint/{k}"] > 0:
             assert last[f"lagrange/lambda/{k}"] > 1.0
+    png = full.output_dir / "report" / "lagrange.png"
+    assert png.is_file() and png.stat().st_size > 10_000  # the lambda curves, drawn
     cut = recipe(tmp_path, shards, model_cache, "scut", method, train)
     run_training(cut, TrainContext(stop_after=2))
     rest = run_training(cut)

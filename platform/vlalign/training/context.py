@@ -31,6 +31,9 @@ class RunTracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Per-step scalars."""
 
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """A file (a report figure) under the run's artifacts."""
+
     def fail(self, error: BaseException) -> None:
         """End the run FAILED, recording the error."""
 

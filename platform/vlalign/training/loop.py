@@ -208,6 +208,12 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         raise
     finally:
         progress(None, None)
+    if ctx.is_main:
+        from vlalign.training.report import constraint_curves
+
+        png = constraint_curves(tstate.metrics, out_dir / "report" / "lagrange.png")
+        if png is not None and tracker:
+            tracker.log_artifact(png, "report")
     if tracker:
         tracker.finish()
     return TrainResult(
