@@ -117,7 +117,13 @@ def _cluster(recipe: Recipe, use_ray: bool, say: _Status) -> Iterator[None]:
 
 
 def _train(recipe: Recipe, use_ray: bool, out: Path, stage: str, term: TextIO):
-    """Train one stage with one progress bar on the terminal, fed by the rank-0 worker."""
+    """Train one stage with one progress bar on the terminal, fed by the rank-0 worker.
+
+    The demo always trains its stages anew: a previous demo's run in the same folder (maybe of
+    another plan) is moved aside to `previous-<time>/`, never resumed or deleted."""
+    from vlalign.training.resume import set_aside
+
+    set_aside(recipe)
     from vlalign.quiet import follow_steps
 
     progress = out / f".progress-{stage}.json"
