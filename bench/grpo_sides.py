@@ -154,7 +154,7 @@ def switches(v: Variant):
     saved = {k: getattr(eng, k) for k in ("encode_images", "features_for_rows", "_first_scored")}
     state = _VISION_STATE  # the last rollout's model and prompt images (read by its update)
     if not v.share_vision:
-        real_encode, real_select = saved["encode_images"], saved["features_for_rows"]
+        real_encode = saved["encode_images"]
 
         def encode(model, images):
             state["model"], state["images"] = model, images
@@ -181,6 +181,7 @@ class VlalignSide:
         from data_pipeline.collate import collate_prompts
         from vlalign.config.schema import GrpoMethod, PeftConfig, Recipe, RewardSpec, TrainConfig
         from vlalign.methods.base import Run
+        from vlalign.methods.grpo import Grpo
         from vlalign.models import apply_peft
 
         self.device, self.dtype = setup.device, setup.dtype
@@ -205,7 +206,7 @@ class VlalignSide:
                 rewards=[RewardSpec(name="refusal_rule")],
             )
             recipe = Recipe(method=cfg, train=TrainConfig(seed=0))
-            m = __import__("vlalign.methods.grpo", fromlist=["Grpo"]).Grpo(cfg)
+            m = Grpo(cfg)
             run = Run(
                 recipe=recipe,
                 model=self.model,

@@ -45,8 +45,8 @@ from grpo_sides import (  # noqa: E402
     VARIANTS,
     TrlSide,
     VlalignSide,
-    synth_prompts,
     sync,
+    synth_prompts,
 )
 
 SCHEMA = "vlalign.bench.grpo_step/1"
