@@ -194,6 +194,7 @@ def run(args) -> dict:
         n: [a + b for a, b in zip(d["rollout"], d["update"], strict=True)] for n, d in rec.items()
     }
     trl_med = statistics.median(steps["trl"]) if "trl" in steps else None
+    trl_min = min(steps["trl"]) if "trl" in steps else None
     rows = []
     for name, _ in sides:
         d = rec[name]
@@ -213,6 +214,7 @@ def run(args) -> dict:
                 "loss_first": d["loss"][0],
                 "loss_last": d["loss"][-1],
                 "speedup_vs_trl": (trl_med / med) if trl_med else None,
+                "speedup_vs_trl_min": (trl_min / min(steps[name])) if trl_min else None,
             }
         )
     result = {
@@ -272,7 +274,8 @@ def report(res: dict) -> str:
         f"projections ({c['trainable_params'] / 1e6:.2f}M trainable); {c['loss']}",
         f"reward: {c['reward']}; plus -{c['length_weight']:g} x chars/10 on both (tie-breaker)",
         f"timing: {c['warmup_rounds']} warm-up + {c['rounds']} counted rounds, sides alternate "
-        f"(rotating order); medians; step = rollout + update; x TRL = TRL's step / this row's; "
+        f"(rotating order); medians; step = rollout + update; min ms = fastest step (interference "
+        f"only slows a step); x TRL = TRL's step / this row's (median; min); "
         f"threads {res['conditions']['threads']}, load avg at end "
         f"{res['conditions']['loadavg_end'][0]:.1f}",
     ]
@@ -282,15 +285,18 @@ def report(res: dict) -> str:
         lines.append("TRL could not run this setup: " + res["trl_error"].splitlines()[0])
     head = (
         f"{'implementation':40} {'rollout ms':>10} {'update ms':>9} {'step ms':>8} "
-        f"{'prompts/s':>9} {'compl tok':>9} {'x TRL':>6}"
+        f"{'min ms':>7} {'prompts/s':>9} {'compl tok':>9} {'x TRL':>6} {'(min)':>6}"
     )
     lines += [head, "-" * len(head)]
     for r in res["rows"]:
         sp = f"{r['speedup_vs_trl']:.2f}" if r["speedup_vs_trl"] else "-"
+        trl_min = min(res["rows"][0]["step_s"]) if res["rows"][0]["name"] == "trl" else None
+        sp_min = f"{trl_min / min(r['step_s']):.2f}" if trl_min else "-"
         lines.append(
             f"{r['label'][:40]:40} {r['rollout_s_median'] * 1e3:>10.1f} "
             f"{r['update_s_median'] * 1e3:>9.1f} {r['step_s_median'] * 1e3:>8.1f} "
-            f"{r['prompts_per_s']:>9.2f} {r['completion_tokens_mean']:>9.0f} {sp:>6}"
+            f"{min(r['step_s']) * 1e3:>7.1f} {r['prompts_per_s']:>9.2f} "
+            f"{r['completion_tokens_mean']:>9.0f} {sp:>6} {sp_min:>6}"
         )
     t = res["trained"]
     trl_change = t["trl_lora_max_change"]
@@ -304,6 +310,9 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--report"]:  # print the table of a saved JSON
+        print(report(json.loads(Path(argv[1]).read_text())))
+        return 0
     args = parse_args(argv)
     res = run(args)
     print(report(res))

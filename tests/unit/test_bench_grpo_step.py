@@ -48,7 +48,7 @@ def test_quick_run_writes_the_json_and_both_sides_train(tmp_path, model_cache):
         assert row["prompts_per_s"] == pytest.approx(B / row["step_s_median"])
         assert math.isfinite(row["loss_first"]) and math.isfinite(row["loss_last"])
         assert 0 < row["completion_tokens_mean"] <= B * n * m
-        assert row["speedup_vs_trl"] > 0
+        assert row["speedup_vs_trl"] > 0 and row["speedup_vs_trl_min"] > 0
     trl_row = res["rows"][0]
     assert trl_row["speedup_vs_trl"] == pytest.approx(1.0)
     # both implementations moved their LoRA weights (weight decay 0: only gradients move them)
