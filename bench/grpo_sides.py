@@ -50,6 +50,7 @@ class Variant:
     response_only: bool = True  # logits only from the first response position on
     chunked: bool = True  # log-probs in chunks of positions
     skip_old_forward: bool = False  # on-policy: old log-probs = the update's (TRL's shortcut)
+    merge_lora: bool = False  # LoRA merged into the base weights for the rollout, unmerged after
 
 
 VARIANTS = (
@@ -58,6 +59,11 @@ VARIANTS = (
     Variant("no_response_only", "  - response-only logits", response_only=False),
     Variant("no_chunking", "  - chunked log-probs (one chunk)", chunked=False),
     Variant("skip_old", "  + on-policy old log-probs (no fwd)", skip_old_forward=True),
+    Variant("merged", "  + LoRA merged for the rollout", merge_lora=True),
+    Variant(
+        "merged_skip_old", "  + merged + on-policy old log-probs", merge_lora=True,
+        skip_old_forward=True,
+    ),
     Variant(
         "naive", "  all off", share_vision=False, response_only=False, chunked=False,
     ),
@@ -228,6 +234,15 @@ class VlalignSide:
 
     def rollout(self, v: Variant) -> list[dict]:
         """expand(batch): rollout + rewards + advantages -> update pieces."""
+        if not v.merge_lora:
+            return self._rollout(v)
+        self.model.merge_adapter()  # W + (alpha/r) B A: generate runs plain linears
+        try:
+            return self._rollout(v)
+        finally:
+            self.model.unmerge_adapter()
+
+    def _rollout(self, v: Variant) -> list[dict]:
         method = self.methods[not v.chunked]
         with switches(v), autocast(self.device, self.dtype):
             if v.skip_old_forward:
