@@ -2,7 +2,7 @@
 
 A benchmark is a bench/*.py script with a ``if __name__ == "__main__":`` entry point (helpers
 such as flops.py or dpo_models.py have none). Known ones run first in a fixed order
-(data_throughput, logprobs_memory, dpo_step), others alphabetically after them. Each script's
+(data_throughput, logprobs_memory, dpo_step, grpo_step), others alphabetically after them. Each script's
 output is streamed as it runs; a summary of exit codes and times ends the run, and the exit code
 is non-zero when any benchmark failed.
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ("data_throughput", "logprobs_memory", "dpo_step")
+ORDER = ("data_throughput", "logprobs_memory", "dpo_step", "grpo_step")
 ENTRY = 'if __name__ == "__main__":'
 # Long studies run only when named with --only (alignment_seeds trains 3 seeds: 10-15 min on 2 cores).
 ON_REQUEST = ("alignment_seeds",)
