@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 
@@ -223,6 +224,9 @@ class VlalignSide:
                 device=torch.device(self.device),
             )
             m.setup(m.prepare(run))
+            # The ablations below compare against the rollout WITH its old log-prob forward;
+            # `method: grpo` skips that forward on policy by default (the "skip_old" row).
+            m.generator.settings = dataclasses.replace(m.generator.settings, old_logps=True)
             if args.length_weight:  # the same tie-breaker on both sides (weight 1 inside)
                 m.rewards["length"] = lambda ss, w=args.length_weight: torch.tensor(
                     length_reward([s.response for s in ss], w)

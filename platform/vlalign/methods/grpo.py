@@ -80,6 +80,9 @@ class Grpo:
         self.rewards: dict[str, RewardFn] = {}
         self.weights: dict[str, float] = {}
         self.rollouts_done = 0  # seeds the samples; saved in the checkpoint
+        # One update per rollout over all of it: the old log-probs are the update's own
+        # (detached), so the rollout skips their forward (TRL does the same on policy).
+        self.on_policy = cfg.epochs == 1 and cfg.mini_batch_size is None and not cfg.kl_in_reward
         self.seed = 0
         self.image_token_id = -1
 
@@ -103,6 +106,7 @@ class Grpo:
             max_new_tokens=c.max_new_tokens,
             seed=self.seed,
             logprob_chunk=c.logprob_chunk,
+            old_logps=not self.on_policy,
         )
         self.generator = GenerationEngine(
             run.model,
@@ -165,7 +169,7 @@ class Grpo:
             )
         except RewardError as e:
             raise VlalignError(str(e)) from None
-        rewards = total.to(ro.old_logps.device, torch.float32)
+        rewards = total.to(ro.input_ids.device, torch.float32)
         sums: dict[str, float] = {}
         for name, v in parts.items():
             sums[f"reward/{name}/sum"] = float(v.float().sum())
@@ -231,7 +235,7 @@ class Grpo:
         logps = self._token_logps(self.model, p.rollout, rows, p.pixels, grad=True)
         out = self.spec.fn(
             logps,
-            p.rollout.old_logps[rows],
+            logps.detach() if p.rollout.old_logps is None else p.rollout.old_logps[rows],
             None if c.kl_in_reward else p.ref_logps,
             p.rollout.response_mask[rows],
             p.advantages,

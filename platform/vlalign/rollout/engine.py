@@ -56,6 +56,10 @@ class SamplingSettings:
     max_new_tokens: int = 32
     seed: int = 0
     logprob_chunk: int = 1024  # positions per chunk of the log-prob pass
+    # The sampling policy's log-probs in one extra forward. An update that is exactly on policy
+    # (one epoch, the whole rollout in one micro-batch) does not need them: its old log-probs
+    # are its own, detached (ratio 1), so the caller may skip the pass (old_logps is then None).
+    old_logps: bool = True
 
 
 def sample_seed(seed: int, step: int, key: str, index: int) -> int:
@@ -123,7 +127,7 @@ class Rollout:
     attention_mask: Tensor
     labels: Tensor
     response_mask: Tensor
-    old_logps: Tensor
+    old_logps: Tensor | None  # None when the caller skipped the pass (SamplingSettings)
     prompt_index: Tensor
     response_lengths: Tensor
     truncated: Tensor
@@ -159,7 +163,7 @@ class Rollout:
             "attention_mask": self.attention_mask[idx],
             "labels": self.labels[idx],
             "response_mask": self.response_mask[idx],
-            "old_logps": self.old_logps[idx],
+            "old_logps": None if self.old_logps is None else self.old_logps[idx],
             "extra": self.forward_kwargs(idx),
         }
 
@@ -412,14 +416,17 @@ class GenerationEngine:
             prompt_images={k: v for k, v in images.items() if k not in PIXEL_KEYS},
             mm_token_type_ids=layout.get("mm_token_type_ids"),
         )
-        rollout.old_logps = token_forward(
-            model,
-            rollout.input_ids,
-            rollout.attention_mask,
-            rollout.labels,
-            rollout.forward_kwargs(),
-            s.logprob_chunk,
-        )
+        if s.old_logps:
+            rollout.old_logps = token_forward(
+                model,
+                rollout.input_ids,
+                rollout.attention_mask,
+                rollout.labels,
+                rollout.forward_kwargs(),
+                s.logprob_chunk,
+            )
+        else:
+            rollout.old_logps = None
         return rollout
 
     def _layout(
