@@ -324,7 +324,7 @@ def print_table(summary: dict) -> None:
         f"finished in {summary['seconds']:.0f} s. Look at runs, scorecards and the registry: vlalign ui"
     )
     if summary.get("log"):
-        console.print(f"full Ray/DeepSpeed logs: {summary['log']}")
+        console.print(f"full Ray/DeepSpeed logs: {summary['log']}", soft_wrap=True)
 
 
 def _plan(args: argparse.Namespace) -> DemoPlan:

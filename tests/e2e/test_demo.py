@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     assert building == (not built_before), (built_before, shown)
 
     # every stage ran and said so, in order, with the Ray cluster started once
-    stages = [line.split("] ", 1)[1].split()[0] for line in lines if "] " in line]
+    status = [re.match(r"\[\d\d:\d\d:\d\d \+\d+:\d\d\] (\S+)", line) for line in lines]
+    stages = [m.group(1) for m in status if m]
     stages = [s for s in stages if s in {"data", "base", "ray", "sft", "dpo", "registry"}]
     assert stages == ["data", "base", "ray", "sft", "sft", "dpo", "dpo", "registry"]
     assert "2 workers, ZeRO-2" in shown and "dashboard http://127.0.0.1:" in shown
