@@ -89,6 +89,10 @@ def test_ray_rollout_equals_local(tmp_path, shards, model_cache, local_ray, loca
         assert m["sync/parity_ok"] == 1.0
         assert m["sync/parity_max_abs_diff"] <= 1e-4
         assert m["sync/version"] == step
+    for key in ("response_length", "kl", "entropy", "clip_frac", "reward/std"):
+        assert [m[key] for m in res.metrics] == pytest.approx(
+            [m[key] for m in local_run.metrics], abs=1e-5
+        ), key
     assert all("sync/version" not in m for m in local_run.metrics)
     assert len(set(local_run.losses)) > 1  # the policy moved: the actors had to follow it
 
@@ -118,3 +122,16 @@ def test_killed_rollout_actor_is_replaced(
     assert seen[1][1] == 1 and seen[2][1] == 2  # versions held after each step's sync
     assert seen[2][0] != seen[1][0]  # a new process replaced the killed actor
     assert all(m["sync/parity_ok"] == 1.0 for m in res.metrics)
+
+
+def test_ray_rollout_under_ray_train(tmp_path, shards, model_cache, local_ray, local_run):
+    """The same run in one Ray Train worker (orchestration.ray_train): the worker creates its
+    rollout actor in the run's cluster; same losses as the in-process local run."""
+    from vlalign.orchestration.ray_train import run_on_ray
+
+    one = {**RAY, "num_workers": 1}
+    r = recipe(tmp_path, shards, model_cache, "g-raytrain", one)
+    r = r.model_copy(update={"resources": r.resources.model_copy(update={"num_workers": 1})})
+    res = run_on_ray(r)
+    assert res.losses == pytest.approx(local_run.losses, abs=1e-5)
+    assert [m["sync/parity_ok"] for m in res.metrics] == [1.0] * STEPS
