@@ -110,3 +110,22 @@ def test_build_backend_local_placement() -> None:
         {"name": "x", "model": {"name": "tiny-llava"}, "method": {"name": "grpo"}}
     )
     assert isinstance(build_backend(r, object()), LocalBackend)  # type: ignore[arg-type]
+
+
+def test_build_backend_ray_needs_lora() -> None:
+    """Full fine-tuning cannot sync through adapters: a one-line error before any actor."""
+    import pytest
+
+    from vlalign.config import Recipe
+    from vlalign.rollout.weights import WeightSyncError
+
+    r = Recipe.model_validate(
+        {
+            "name": "x",
+            "model": {"name": "tiny-llava"},
+            "peft": {"mode": "full"},
+            "method": {"name": "grpo", "rollout": {"placement": "ray"}},
+        }
+    )
+    with pytest.raises(WeightSyncError, match="peft.mode lora"):
+        build_backend(r, object())  # type: ignore[arg-type]

@@ -93,7 +93,8 @@ class Grpo:
 
     # -- the Method protocol ---------------------------------------------------------------
     def prepare(self, run: Run) -> nn.Module:
-        """The generator (this worker's own policy: placement local), the reference, rewards."""
+        """The generator (placement local: this worker's own policy; ray: rollout actors, see
+        `vlalign.rollout.backend`), the parity probe, the reference, rewards."""
         c = self.cfg
         self.seed = run.recipe.train.seed
         if c.reference == "frozen_copy":

@@ -246,7 +246,12 @@ class RayBackend:
 def build_backend(
     recipe: Recipe, engine: GenerationEngine, rank: int = 0, device: torch.device | str = "cpu"
 ) -> RolloutBackend:
-    """The backend `recipe.method.rollout.placement` names."""
+    """The backend `recipe.method.rollout.placement` names (ray: a LoRA policy only)."""
     if recipe.method.rollout.placement == "ray":
+        if recipe.peft.mode != "lora":
+            raise WeightSyncError(
+                f"method.rollout.placement: ray needs peft.mode lora (got {recipe.peft.mode!r}): "
+                "only the LoRA adapter travels to the rollout actors"
+            )
         return RayBackend(recipe, engine, rank, device)
     return LocalBackend(engine)
