@@ -27,18 +27,14 @@ def shards(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
+def local_ray(tmp_path_factory, shards, model_cache):
+    """One local cluster for the module (the orchestration's, with the dashboard: Ray Train's
+    placement-group cleaner asks the state API whether its controller is alive)."""
+    from vlalign.orchestration.cluster import ray_cluster
 
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    yield
-    ray.shutdown()
+    r = recipe(tmp_path_factory.mktemp("unused"), shards, model_cache, "unused", RAY)
+    with ray_cluster(None, r):
+        yield
 
 
 def recipe(tmp_path, shards, model_cache, name, rollout) -> Recipe:
