@@ -129,3 +129,20 @@ def test_build_backend_ray_needs_lora() -> None:
     )
     with pytest.raises(WeightSyncError, match="peft.mode lora"):
         build_backend(r, object())  # type: ignore[arg-type]
+
+
+def test_parity_metrics_worst_actor_or_an_error_naming_the_numbers() -> None:
+    import pytest
+
+    from vlalign.rollout.backend import parity_metrics
+    from vlalign.rollout.weights import ParityResult, WeightSyncError
+
+    ok = [ParityResult(0.0, 1e-4, 3), ParityResult(2e-5, 1e-4, 3)]
+    assert parity_metrics(ok) == {
+        "sync/parity_max_abs_diff": 2e-5,
+        "sync/parity_ok": 1.0,
+        "sync/version": 3.0,
+    }
+    bad = [ParityResult(0.0, 1e-4, 4), ParityResult(0.25, 1e-4, 4)]
+    with pytest.raises(WeightSyncError, match=r"v4: rollout actor 1.* 0\.25 > .*0\.0001"):
+        parity_metrics(bad)

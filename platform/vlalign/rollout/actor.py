@@ -27,6 +27,7 @@ from vlalign.rollout.weights import (
     PARITY_TOLERANCE,
     AdapterUpdate,
     ParityResult,
+    WeightSyncError,
     apply_update,
     make_probe,
 )
@@ -113,9 +114,10 @@ class RolloutWorker:
 
             result = self.sync(ray.get(latest[0]))
             if not result.ok:
-                raise RuntimeError(
-                    f"rollout actor reloading weights v{version}: parity "
-                    f"{result.max_abs_diff:.3g} > tolerance {result.tolerance:.3g}"
+                raise WeightSyncError(
+                    f"rollout actor reloading weights v{version}: its log-probs of the probe "
+                    f"differ from the trainer's by {result.max_abs_diff:.3g} > "
+                    f"method.rollout.parity_tolerance {result.tolerance:.3g}"
                 )
         return rollout_to(self.engine.rollout(prompts, step), "cpu")
 

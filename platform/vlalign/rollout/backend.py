@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.config.schema import Recipe
+from vlalign.errors import VlalignError
 from vlalign.models.inputs import IGNORE_INDEX
 from vlalign.rollout.actor import RolloutWorker, rollout_to
 from vlalign.rollout.engine import GenerationEngine, Rollout
@@ -145,6 +146,32 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
     )
 
 
+def _get(refs: list) -> list:
+    """ray.get; a VlalignError raised in an actor is re-raised as itself (not Ray's wrapper)."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as e:
+        if isinstance(e.cause, VlalignError):
+            raise e.cause from None
+        raise
+
+
+def parity_metrics(results: Sequence[ParityResult]) -> dict[str, float]:
+    """The worst actor's parity metrics; `WeightSyncError` naming the actor, the difference and
+    the tolerance when one actor's probe log-probs are off."""
+    for i, r in enumerate(results):
+        if not r.ok:
+            raise WeightSyncError(
+                f"weight sync v{r.version}: rollout actor {i}'s log-probs of the probe differ "
+                f"from the trainer's by {r.max_abs_diff:.3g} > method.rollout.parity_tolerance "
+                f"{r.tolerance:.3g}"
+            )
+    return max(results, key=lambda r: r.max_abs_diff).metrics()
+
+
 class RayBackend:
     """Placement ray: rollout actors holding policy copies (see the module docstring).
 
@@ -204,22 +231,13 @@ class RayBackend:
         import ray
 
         ref = ray.put(update)
-        results: list[ParityResult] = ray.get([a.sync.remote(ref) for a in self.actors])
+        results: list[ParityResult] = _get([a.sync.remote(ref) for a in self.actors])
         self.latest, self.version = ref, update.version
         self.last_parity = results
-        for i, r in enumerate(results):
-            if not r.ok:
-                raise WeightSyncError(
-                    f"weight sync v{update.version}: rollout actor {i}'s log-probs of the probe "
-                    f"differ from the trainer's by {r.max_abs_diff:.3g} > "
-                    f"method.rollout.parity_tolerance {r.tolerance:.3g}"
-                )
-        worst = max(results, key=lambda r: r.max_abs_diff)
-        return worst.metrics()
+        return parity_metrics(results)
 
     def rollout(self, prompts: Sequence[dict], step: int) -> Rollout:
         """The prompts split across the actors; their rollouts concatenated in order."""
-        import ray
 
         latest = [self.latest] if self.latest is not None else []
         chunks = split_evenly(len(prompts), len(self.actors))
@@ -227,7 +245,7 @@ class RayBackend:
             a.rollout.remote(list(prompts[s:e]), step, self.version, latest)
             for a, (s, e) in zip(self.actors, chunks, strict=False)
         ]
-        parts = ray.get(refs)
+        parts = _get(refs)
         return rollout_to(concat_rollouts(parts, self.pad_id), self.device)
 
     def close(self) -> None:
