@@ -122,3 +122,19 @@ def test_result_rebuilt_from_the_persisted_checkpoint(tmp_path: Path):
     assert result.resumed_from_step == 2
     assert result.checkpoint_dir == tmp_path
     assert result.export_dir is None  # nothing exported under the output dir
+
+
+def test_local_cluster_counts_rollout_actors(monkeypatch):
+    """placement ray: 2 ranks x 2 actors x 1.5 CPUs = 6 more logical CPUs (2 + 2 + 6 = 10)."""
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 2)
+    r = load_recipe(
+        "tiny/grpo",
+        [
+            "resources.num_workers=2",
+            "resources.cpus_per_worker=1",
+            "method.rollout.placement=ray",
+            "method.rollout.num_workers=2",
+            "method.rollout.cpus_per_worker=1.5",
+        ],
+    )
+    assert cluster.local_cpus(r) == 10

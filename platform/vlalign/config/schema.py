@@ -340,10 +340,13 @@ class RolloutConfig(Section):
 
     placement: Literal["local", "ray"] = Field(
         "local",
-        description="local: each training worker generates with its own policy; ray: rollout "
-        "actors (colocated or on their own workers) that receive the LoRA weights.",
+        description="local: each training worker generates with its own policy; ray: Ray "
+        "rollout actors (policy copies) that receive the LoRA weights through the object store "
+        "after each sync, with a parity check (a process without Ray starts a local Ray).",
     )
-    num_workers: int = Field(1, ge=1, description="Rollout actors (placement: ray).")
+    num_workers: int = Field(
+        1, ge=1, description="Rollout actors per training rank (placement: ray)."
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per rollout actor.")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per rollout actor.")
     sync_every: int = Field(

@@ -41,6 +41,7 @@ from vlalign.losses.policy import (
 from vlalign.methods.base import Run, StepOutput, frozen_copy
 from vlalign.models.pair_inputs import encode_images, image_inputs, vision_is_trainable
 from vlalign.models.unwrap import unwrap
+from vlalign.rollout.backend import RolloutBackend, build_backend
 from vlalign.rollout.engine import (
     GenerationEngine,
     Rollout,
@@ -49,6 +50,7 @@ from vlalign.rollout.engine import (
     token_forward,
 )
 from vlalign.rollout.rewards import RewardError, RewardFn, RewardSample, build_reward, score
+from vlalign.rollout.weights import AdapterUpdate, Probe, adapter_state, make_probe, probe_logprobs
 
 
 @dataclass
@@ -77,6 +79,12 @@ class Grpo:
         self.model: nn.Module | None = None
         self.frozen_ref: nn.Module | None = None
         self.generator: GenerationEngine | None = None
+        self.backend: RolloutBackend | None = None  # placement local or ray (rollout.backend)
+        self.probe: Probe | None = None  # the parity probe (placement ray)
+        self.synced: int | None = None  # the weights version the rollout actors hold
+        self.step_done = 0  # the last optimizer step seen by after_step
+        self.pending_sync: dict[str, float] = {}  # metrics of a sync made before a rollout
+        self.zero_stage = 0
         self.rewards: dict[str, RewardFn] = {}
         self.weights: dict[str, float] = {}
         self.rollouts_done = 0  # seeds the samples; saved in the checkpoint
@@ -88,7 +96,8 @@ class Grpo:
 
     # -- the Method protocol ---------------------------------------------------------------
     def prepare(self, run: Run) -> nn.Module:
-        """The generator (this worker's own policy: placement local), the reference, rewards."""
+        """The generator (placement local: this worker's own policy; ray: rollout actors, see
+        `vlalign.rollout.backend`), the parity probe, the reference, rewards."""
         c = self.cfg
         self.seed = run.recipe.train.seed
         if c.reference == "frozen_copy":
@@ -116,6 +125,12 @@ class Grpo:
             max_length=run.recipe.data.max_length,
         )
         self.image_token_id = self.generator.encoder.image_token_id
+        self.zero_stage = run.recipe.engine.zero_stage
+        self.backend = build_backend(run.recipe, self.generator, run.rank, run.device)
+        if c.rollout.placement == "ray":
+            self.probe = make_probe(
+                run.built.processor, run.built.family, max_length=run.recipe.data.max_length
+            )
         for spec in c.rewards:
             if spec.name in self.rewards:
                 raise VlalignError(f"method.rewards: {spec.name!r} is listed twice")
@@ -155,7 +170,9 @@ class Grpo:
                 batch["keys"], batch["prompts"], batch["images"], batch["meta"], strict=True
             )
         ]
-        ro = self.generator.rollout(samples, step=self.rollouts_done)
+        if self.probe is not None and self.synced is None:  # the actors get this process's
+            self.pending_sync = self._sync(self.step_done)  # weights (fresh or resumed run)
+        ro = self.backend.rollout(samples, step=self.rollouts_done)
         self.rollouts_done += 1
         N, n = ro.input_ids.shape[0], ro.n
         rows_of = [samples[int(p)] for p in ro.prompt_index.tolist()]
@@ -285,7 +302,18 @@ class Grpo:
         return self.advantage_fn(rewards, ro.n)
 
     def after_step(self, step: int) -> dict[str, float]:
-        return {}
+        """Placement ray: every `rollout.sync_every` steps the adapter goes to the rollout
+        actors; returns the parity metrics (sync/parity_max_abs_diff, parity_ok, version)."""
+        self.step_done = step
+        out, self.pending_sync = self.pending_sync, {}
+        if self.probe is not None and step % self.cfg.rollout.sync_every == 0:
+            out = self._sync(step)
+        return out
+
+    def close(self) -> None:
+        """Release the rollout actors (the loop calls this when training ends)."""
+        if self.backend is not None:
+            self.backend.close()
 
     def state_dict(self) -> dict:
         return {"rollouts_done": self.rollouts_done}
@@ -294,6 +322,22 @@ class Grpo:
         self.rollouts_done = int(state.get("rollouts_done", 0))
 
     # -- pieces ----------------------------------------------------------------------------
+    def _sync(self, version: int) -> dict[str, float]:
+        """The trainer's adapter (gathered under ZeRO-3) and probe log-probs -> the backend."""
+        model = unwrap(self.model, peft=False)
+        ctx = contextlib.nullcontext()
+        if self.zero_stage == 3:
+            import deepspeed
+
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            ctx = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None)
+        with ctx:
+            state = adapter_state(model)
+        update = AdapterUpdate(state, version, probe_logprobs(model, self.probe))
+        metrics = self.backend.sync(update)
+        self.synced = version
+        return metrics
+
     def _token_logps(
         self, model: nn.Module, ro: Rollout, rows: list[int], pixels: dict, grad: bool
     ) -> Tensor:

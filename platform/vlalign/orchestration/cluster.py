@@ -111,10 +111,13 @@ def enable_token_auth_if_token_found() -> None:
 
 
 def local_cpus(recipe: Recipe) -> int:
-    """Logical CPUs of a local cluster: what the workers reserve plus room for Ray Data tasks,
-    at least 4 and at least the machine's cores."""
+    """Logical CPUs of a local cluster: what the workers (and, placement ray, their rollout
+    actors) reserve plus room for Ray Data tasks, at least 4 and at least the machine's cores."""
     r = recipe.resources
     needed = math.ceil(r.num_workers * r.cpus_per_worker) + 2
+    ro = getattr(recipe.method, "rollout", None)
+    if ro is not None and ro.placement == "ray":  # each training rank's rollout actors
+        needed += math.ceil(r.num_workers * ro.num_workers * ro.cpus_per_worker)
     return max(4, os.cpu_count() or 1, needed)
 
 

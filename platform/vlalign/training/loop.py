@@ -208,6 +208,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         raise
     finally:
         progress(None, None)
+        if hasattr(method, "close"):  # an online method's rollout actors
+            method.close()
     if ctx.is_main:
         from vlalign.training.report import constraint_curves
 
