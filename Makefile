@@ -10,6 +10,8 @@ TORCH ?= auto
 # The image the KubeRay and launcher files under cluster/ name (`make image` builds it).
 IMAGE ?= ghcr.io/vlalign/vlalign:0.1.0-cuda
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (one per core); modules that start Ray share one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup browser demo test lint format bench image clean
 
@@ -27,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vlalign demo
 
 test: $(STAMP) browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,24 @@ def _no_mlflow_uri_variables():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+_RAY_WORD = re.compile(r"\bray\b|\bRay\b|vlalign demo|\"demo\"")
+
+
+@functools.cache
+def _uses_ray(path: str) -> bool:
+    """A test module that starts (or may start) a Ray cluster: it names Ray, or runs the demo."""
+    try:
+        return bool(_RAY_WORD.search(Path(path).read_text(encoding="utf-8")))
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite in 2 pytest-xdist workers (`--dist loadgroup`); every module
+    that may start a Ray cluster goes to one group, so two local Ray clusters never run at once
+    (Ray Train's helpers attach to "the" local cluster and refuse when they find two)."""
+    for item in items:
+        if _uses_ray(str(item.fspath)):
+            item.add_marker(pytest.mark.xdist_group("ray"))
