@@ -99,7 +99,7 @@ def synth_prompts(batch: int, image_size: int, seed: int = 0) -> list[dict]:
                         "key": f"train-{i:06d}-{'h' if cue.harmful else 'b'}",
                         "prompt": t["prompt"],
                         "images": [image],
-                        "meta": _meta(cue, t["template"], i).model_dump(),
+                        "meta": _meta(cue, t, i).model_dump(),
                     }
                 )
         i += 1

@@ -55,7 +55,7 @@ def test_killed_writer_leaves_no_listed_partial_shard(tmp_path):
     assert not (out / MANIFEST).exists()  # ...but nothing lists them
 
     old = tmp_path / "old"
-    synthesize(old, pairs=8, seed=0, eval_pairs=4, shard_samples=3)
+    synthesize(old, pairs=8, seed=0, eval_pairs=4, shift_pairs=0, shard_samples=3)
     before = load_manifest(old)
     _kill_after(old, 6)  # replacing "train" in an existing set
     assert load_manifest(old) == before  # the old train split is still the listed one

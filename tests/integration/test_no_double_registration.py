@@ -8,6 +8,7 @@ import pytest
 from tracking_support import make_export, make_recipe, scorecard
 
 from vlalign.pipeline import publish_export
+from vlalign.tracking.publish import publish_run
 from vlalign.tracking.run_logger import RunLogger
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,7 @@ def test_same_run_is_not_registered_twice(tmp_path, monkeypatch, model_cache):
     export = make_export(tmp_path / "export", recipe)
     logger = RunLogger(recipe)
     with logger.run() as run_id:
-        first = logger.log_export(export.dir, scorecard=scorecard())
+        first = publish_run(logger, recipe, export.dir, scorecard())
     assert first.version == "1" and not first.already_registered
 
     again = publish_export(recipe, run_id, export.dir, scorecard())
@@ -33,5 +34,5 @@ def test_same_run_is_not_registered_twice(tmp_path, monkeypatch, model_cache):
     # another run of the same recipe is a new version, as before
     logger2 = RunLogger(recipe)
     with logger2.run():
-        second = logger2.log_export(export.dir, scorecard=scorecard())
+        second = publish_run(logger2, recipe, export.dir, scorecard())
     assert second.version == "2" and not second.already_registered

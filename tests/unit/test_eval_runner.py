@@ -69,6 +69,11 @@ def test_reward_model_scores_pairs_and_answers_nothing(tmp_path, data, model_cac
 
 
 def test_a_record_without_a_prompt_is_named(tmp_path, model_cache):
+    """The writer refuses a blank prompt; a shard edited afterwards is named by evaluation."""
+    import json
+
+    from data_support import members, refresh_manifest, replace_member
+
     from data_pipeline.schemas import EvalRecord, Meta
     from data_pipeline.writer import ShardSetWriter
     from vlalign.errors import DataError
@@ -77,11 +82,15 @@ def test_a_record_without_a_prompt_is_named(tmp_path, model_cache):
         meta = Meta(category="weapons", source="test", harmful=True)
         w.write(
             "eval",
-            EvalRecord(prompt="  ", label="harmful", category="weapons", meta=meta),
+            EvalRecord(prompt="a request", label="harmful", category="weapons", meta=meta),
             [],
             "k0",
         )
-    with pytest.raises(DataError, match=r"sample k0 in shard eval-000000.tar: empty prompt"):
+    shard = next((tmp_path / "bad").glob("eval-*.tar"))
+    name, raw = next((n, d) for n, d in members(shard) if n.endswith(".json"))
+    replace_member(shard, name, json.dumps({**json.loads(raw), "prompt": "  "}).encode())
+    refresh_manifest(tmp_path / "bad")
+    with pytest.raises(DataError, match=r"shard eval-000000.tar key 'k0'.*prompt is empty"):
         evaluate(
             "builtin:tiny-llava", str(tmp_path / "bad"), small_recipe(model_cache), tmp_path / "o"
         )

@@ -51,7 +51,7 @@ def rollout_to(ro: Rollout, device: torch.device | str) -> Rollout:
         attention_mask=ro.attention_mask.to(device),
         labels=ro.labels.to(device),
         response_mask=ro.response_mask.to(device),
-        old_logps=ro.old_logps.to(device),
+        old_logps=None if ro.old_logps is None else ro.old_logps.to(device),
         prompt_index=ro.prompt_index.to(device),
         response_lengths=ro.response_lengths.to(device),
         truncated=ro.truncated.to(device),

@@ -131,7 +131,7 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
         attention_mask=cat("attention_mask", 0),
         labels=cat("labels", IGNORE_INDEX),
         response_mask=cat("response_mask", False),
-        old_logps=cat("old_logps", 0.0),
+        old_logps=None if parts[0].old_logps is None else cat("old_logps", 0.0),
         prompt_index=torch.cat([p.prompt_index + o for p, o in zip(parts, offsets, strict=True)]),
         response_lengths=torch.cat([p.response_lengths for p in parts]),
         truncated=torch.cat([p.truncated for p in parts]),
