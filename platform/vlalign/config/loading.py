@@ -242,12 +242,11 @@ def _format_errors(err: ValidationError, overrides: list[str] | None = None) -> 
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
         # A method section's errors carry the method's tag: method.dpo.beta -> method.beta.
-        shown = loc[:1] + loc[2:] if loc[:1] == ["method"] and loc[1:2] else loc
-        if loc[:1] == ["method"] and len(loc) > 1 and loc[1] not in METHOD_SECTIONS:
-            shown = loc
+        tag = loc[1] if loc[:1] == ["method"] and loc[1:2] and loc[1] in METHOD_SECTIONS else None
+        shown = loc[:1] + loc[2:] if tag else loc
         key = ".".join(shown) or "<top level>"
         if e["type"] == "extra_forbidden":
-            where = f" of method {loc[1]!r}" if shown is not loc and len(loc) > 1 else ""
+            where = f" of method {tag!r}" if tag else ""
             msg = f"{key}: unknown key{where}{_suggest(loc, shown)}"
         elif e["type"] == "missing":
             msg = f"{key}: required key is missing"
