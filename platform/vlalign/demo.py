@@ -4,13 +4,16 @@ Stages (each with a status line):
   1. synthesize image-conditioned safety data (train + held-out eval shards, and shifted eval
      splits: shift-visual, shift-wording, shift-both);
   2. evaluate the untrained tiny model (scorecard "base");
-  3. SFT with LoRA (recipe tiny/demo-sft), exported merged, then DPO with LoRA on top of it
-     (recipe tiny/demo), each on a local Ray cluster with 2 workers and DeepSpeed ZeRO-2
-     (`--no-ray`: the same loop in local processes);
-  4. evaluate after each on every eval split (scorecards "sft", "dpo"); everything is logged to
-     the MLflow store (the recipes train with augmentation: data.augment);
-  5. register the DPO model, run the promotion gates, say whether it became champion and why;
-  6. print base / sft / dpo side by side and how to look at it all (`vlalign ui`).
+  3. SFT with LoRA (recipe tiny/demo-sft), exported merged, then the second stage from it:
+     DPO with LoRA (recipe tiny/demo) by default; `--method` picks GRPO (tiny/demo-grpo) or Safe
+     RLHF (tiny/demo-safe-rlhf) instead, or several side by side, each from the same SFT model;
+     every stage on one local Ray cluster with 2 workers and DeepSpeed ZeRO-2 (`--no-ray`: the
+     same loop in local processes);
+  4. evaluate after each on every eval split (scorecards "sft", "dpo", "grpo", ...); everything
+     is logged to the MLflow store (the recipes train with augmentation: data.augment);
+  5. register each second-stage model, run the promotion gates, say whether it became champion
+     and why;
+  6. print the scorecards side by side and how to look at it all (`vlalign ui`).
 
 The terminal gets the status lines and one progress bar per stage; everything else (Ray,
 DeepSpeed, the workers' output, third-party warnings) goes to `<out>/demo.log`, named on the
@@ -33,23 +36,33 @@ from typing import TextIO
 from vlalign.config.loading import load_recipe
 from vlalign.config.schema import Recipe
 
+# The second stage's methods, each trained from the same merged SFT model: recipe and label.
+STAGE2 = {
+    "dpo": ("tiny/demo", "DPO"),
+    "grpo": ("tiny/demo-grpo", "GRPO"),
+    "safe-rlhf": ("tiny/demo-safe-rlhf", "Safe RLHF"),
+}
+
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How much the demo does: data sizes and training steps (None: the recipe's own)."""
+    """How much the demo does: data sizes, training steps (None: the recipe's own) and the
+    methods trained after SFT (each from the SFT model, evaluated, registered and gated)."""
 
     pairs: int
     eval_pairs: int
     sft_steps: int | None = None
     dpo_steps: int | None = None
+    rl_steps: int | None = None
+    methods: tuple[str, ...] = ("dpo",)
 
     def steps(self, stage: str) -> list[str]:
-        n = self.sft_steps if stage == "sft" else self.dpo_steps
+        n = {"sft": self.sft_steps, "dpo": self.dpo_steps}.get(stage, self.rl_steps)
         return [] if n is None else [f"train.max_steps={n}"]
 
 
 FULL = DemoPlan(pairs=512, eval_pairs=200)
-QUICK = DemoPlan(pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120)
+QUICK = DemoPlan(pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120, rl_steps=60)
 LOG_NAME = "demo.log"
 
 
@@ -231,27 +244,35 @@ def _stages(
         with _bars_on(term):
             cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
 
-        dpo = pin_store(
-            load_recipe(
-                "tiny/demo", [*common, f"model.name={rs.export_dir}/merged", *plan.steps("dpo")]
+        trained = {}
+        for method in plan.methods:
+            recipe_name, label = STAGE2[method]
+            recipe = pin_store(
+                load_recipe(
+                    recipe_name,
+                    [*common, f"model.name={rs.export_dir}/merged", *plan.steps(method)],
+                )
             )
-        )
+            say(
+                method,
+                f"{_describe(recipe, label)} on the SFT model, "
+                f"{recipe.train.max_steps} steps on {where}",
+            )
+            trained[method] = (recipe, _train(recipe, use_ray, out, method, term))
+    promotions = {}
+    for method, (recipe, result) in trained.items():
+        label = STAGE2[method][1]
+        say(method, f"evaluating the {label} model (final loss {result.losses[-1]:.4f})")
+        # not logged here: publishing logs this scorecard to the stage's run with the model
+        with _bars_on(term):
+            cards[method] = _evaluate(str(result.export_dir), data, recipe, out, method, None)
         say(
-            "dpo",
-            f"DPO ({dpo.method.loss}, beta {dpo.method.beta}) on the SFT model, "
-            f"{dpo.train.max_steps} steps on {where}",
+            "registry",
+            f"registering the {label} model as {recipe.tracking.registered_model!r}, "
+            "checking the gates",
         )
-        rd = _train(dpo, use_ray, out, "dpo", term)
-    say("dpo", f"evaluating the DPO model (final loss {rd.losses[-1]:.4f})")
-    # not logged here: publishing logs this scorecard to the DPO run with the model
-    with _bars_on(term):
-        cards["dpo"] = _evaluate(str(rd.export_dir), data, dpo, out, "dpo", None)
-
-    say(
-        "registry",
-        f"registering the DPO model as {dpo.tracking.registered_model!r}, checking the gates",
-    )
-    promotion = _publish(dpo, rd, out / "eval" / "dpo" / "scorecard.json")
+        promotions[method] = _publish(recipe, result, out / "eval" / method / "scorecard.json")
+    first = plan.methods[0]
     summary = {
         "seed": seed,
         "plan": asdict(plan),
@@ -259,12 +280,25 @@ def _stages(
         "scorecards": {k: v.to_dict()["metrics"] for k, v in cards.items()},
         "per_category": {k: v.to_dict()["per_category"] for k, v in cards.items()},
         "splits": {k: {n: d["metrics"] for n, d in v.splits.items()} for k, v in cards.items()},
-        "promotion": promotion,
-        "tracking_uri": dpo.tracking.uri,
+        "promotion": promotions[first],
+        "promotions": promotions,
+        "tracking_uri": trained[first][0].tracking.uri,
         "log": str(out / LOG_NAME),
     }
     (out / "demo-summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _describe(recipe: Recipe, label: str) -> str:
+    """One phrase for a second-stage method: its loss and main knobs."""
+    m = recipe.method
+    if m.name == "dpo":
+        return f"{label} ({m.loss}, beta {m.beta})"
+    rewards = ", ".join(r.name for r in m.rewards)
+    text = f"{label} ({m.num_generations} samples per prompt, reward {rewards}"
+    if m.name == "safe_rlhf":
+        text += f", {len(m.budgets)} cost budgets + over-refusal <= {m.over_refusal_budget}"
+    return text + ")"
 
 
 def _publish(recipe: Recipe, result, scorecard: Path) -> dict:
@@ -282,7 +316,7 @@ def _publish(recipe: Recipe, result, scorecard: Path) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    """base / sft / dpo side by side, overall and per category."""
+    """base / sft / the second stages side by side, overall and per category."""
     from rich.console import Console
     from rich.table import Table
 
@@ -311,15 +345,17 @@ def print_table(summary: dict) -> None:
     console = Console()
     console.print(t)
     console.print(_splits_table(summary.get("splits", {})))
-    p = summary["promotion"]
-    if p["champion"]:
-        console.print(
-            f"[green]{p['model']} v{p['version']} passed every gate and is now @champion[/green]"
-        )
-    else:
-        console.print(
-            f"[yellow]{p['model']} v{p['version']} was NOT promoted:[/yellow] {'; '.join(p['reasons'])}"
-        )
+    for p in summary.get("promotions", {"": summary["promotion"]}).values():
+        if p["champion"]:
+            console.print(
+                f"[green]{p['model']} v{p['version']} passed every gate and is now "
+                "@champion[/green]"
+            )
+        else:
+            console.print(
+                f"[yellow]{p['model']} v{p['version']} was NOT promoted:[/yellow] "
+                f"{'; '.join(p['reasons'])}"
+            )
     console.print(
         f"finished in {summary['seconds']:.0f} s. Look at runs, scorecards and the registry: vlalign ui"
     )
@@ -328,20 +364,24 @@ def print_table(summary: dict) -> None:
 
 
 def _plan(args: argparse.Namespace) -> DemoPlan:
-    """--quick or the full plan, with any of --pairs/--eval-prompts/--sft-steps/--dpo-steps."""
+    """--quick or the full plan, with any of --pairs/--eval-prompts/--*-steps and --method."""
     plan = QUICK if args.quick else FULL
     changes = {
         "pairs": args.pairs,
         "eval_pairs": args.eval_prompts,
         "sft_steps": args.sft_steps,
         "dpo_steps": args.dpo_steps,
+        "rl_steps": args.rl_steps,
     }
     for flag, n in changes.items():
         if n is not None and n < 1:
             from vlalign.errors import VlalignError
 
             raise VlalignError(f"--{flag.replace('_', '-')} must be >= 1, got {n}")
-    return replace(plan, **{k: v for k, v in changes.items() if v is not None})
+    plan = replace(plan, **{k: v for k, v in changes.items() if v is not None})
+    if args.method:
+        plan = replace(plan, methods=tuple(dict.fromkeys(args.method)))
+    return plan
 
 
 def _splits_table(splits: dict):
@@ -373,7 +413,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="align a tiny VLM end to end (data, SFT, DPO, eval, registry)")
+    p = sub.add_parser(
+        "demo", help="align a tiny VLM end to end (data, SFT, DPO or RL, eval, registry)"
+    )
     p.add_argument("--quick", action="store_true", help="fewer steps and prompts (under 3 minutes)")
     p.add_argument("--seed", type=int, default=0, help="seed of data and training")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -383,4 +425,13 @@ def register(sub) -> None:
     p.add_argument("--eval-prompts", type=int, help="held-out eval prompts (plan override)")
     p.add_argument("--sft-steps", type=int, help="SFT steps (plan override)")
     p.add_argument("--dpo-steps", type=int, help="DPO steps (plan override)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        choices=list(STAGE2),
+        metavar="METHOD",
+        help="what follows SFT, each from the SFT model: "
+        f"{', '.join(STAGE2)} (default: dpo; e.g. --method dpo grpo safe-rlhf)",
+    )
+    p.add_argument("--rl-steps", type=int, help="GRPO / Safe RLHF steps (plan override)")
     p.set_defaults(func=cmd_demo)
