@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "vlalign.layers",
         "vlalign._shipped",
         "vlalign.scorecard",
+        "vlalign.regression_keys",
     ),
     ("vlalign.config",),  # recipe schema, loading, checks
     ("vlalign.models",),  # builders, LoRA, tiny built-ins, families, unwrap, generation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from vlalign.config.schema import Gate, PromotionConfig
 from vlalign.errors import VlalignError
@@ -95,10 +96,14 @@ def test_no_gates_is_an_error_not_a_pass():
 
 
 def test_regression_on_a_metric_without_direction_is_an_error():
+    """The schema refuses the key; evaluate_gates still refuses a config built unchecked."""
+    with pytest.raises(ValidationError, match=r"max_regression\.n_harmful: 'n_harmful' is not"):
+        cfg(max_regression={"n_harmful": 1.0})
+    unchecked = PromotionConfig.model_construct(gates=[], max_regression={"n_harmful": 1.0})
     with pytest.raises(
         VlalignError, match=r"max_regression: no direction known for \['n_harmful'\]"
     ):
-        evaluate_gates(cfg(max_regression={"n_harmful": 1.0}), {"n_harmful": 10})
+        evaluate_gates(unchecked, {"n_harmful": 10})
 
 
 def test_refusal_message_lists_failed_gates():

@@ -96,6 +96,21 @@ def test_params_are_the_flattened_resolved_recipe():
     assert flatten({"a": {"b": {"c": 1}}, "d": [1, 2]}) == {"a.b.c": "1", "d": "[1, 2]"}
 
 
+def test_a_mapping_whose_keys_mlflow_refuses_is_one_json_param():
+    """`category/*` (a max_regression key) is not a valid MLflow param name: the mapping is
+    logged whole as JSON; a mapping of valid names is still flattened."""
+    from mlflow.utils.validation import _validate_param_name
+
+    r = Recipe(name="x")
+    r.promotion.max_regression = {"category/*": 0.02, "harmful_refusal_rate": 0.01}
+    p = recipe_params(r)
+    assert p["promotion.max_regression"] == '{"category/*": 0.02, "harmful_refusal_rate": 0.01}'
+    for name in p:
+        _validate_param_name(name)
+    assert flatten({"m": {"a//b": 1}}) == {"m": '{"a//b": 1}'}
+    assert flatten({"m": {"s/harmful_refusal_rate": 1}}) == {"m.s/harmful_refusal_rate": "1"}
+
+
 def test_recipe_digest_changes_with_the_recipe():
     a, b = Recipe(name="x"), Recipe(name="x")
     assert recipe_digest(a) == recipe_digest(b) and len(recipe_digest(a)) == 64

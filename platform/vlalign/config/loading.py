@@ -262,7 +262,7 @@ def _format_errors(err: ValidationError, overrides: list[str] | None = None) -> 
         elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
             text = e["msg"].removeprefix("Value error, ")
             field, sep, rest = text.partition(": ")  # validators name their field first
-            if sep and field.isidentifier():
+            if sep and field.split(".", 1)[0].isidentifier():  # a field, or field.<sub-key>
                 key, text = f"{key}.{field}", rest
             msg = f"{key}: {text}"
         else:

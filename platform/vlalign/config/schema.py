@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from vlalign import catalog
+from vlalign import catalog, regression_keys
 
 BUILTIN_FAMILY: dict[str, str] = catalog.builtin_models()
 BUILTIN_MODELS = tuple(BUILTIN_FAMILY)
@@ -639,9 +639,19 @@ class PromotionConfig(Section):
     )
     max_regression: dict[str, float] = Field(
         default_factory=dict,
-        description="metric -> tolerance: must not be worse than the current champion by more.",
+        description="key -> tolerance: must not be worse than the current champion by more. "
+        "Keys: METRIC, SPLIT/METRIC, category/NAME, SPLIT/category/NAME (NAME, SPLIT may be *; "
+        "the most specific key wins).",
     )
     auto: bool = Field(False, description="Try promotion automatically at the end of the run.")
+
+    @model_validator(mode="after")
+    def _regression_keys(self) -> PromotionConfig:
+        problems = regression_keys.check_tolerances(self.max_regression)
+        if problems:  # the first one; fixing it shows the next
+            key, problem = problems[0]
+            raise ValueError(f"max_regression.{key}: {problem}")
+        return self
 
 
 class Recipe(Section):

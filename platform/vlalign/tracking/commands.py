@@ -77,6 +77,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """Promote a version to `champion` if its scorecard passes the gates; exit 1 when refused."""
     from vlalign.tracking.promotion import PromotionRefused, promote
+    from vlalign.tracking.vs_champion import summary_lines
 
     cfg = None
     if args.recipe:
@@ -88,9 +89,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
         res = promote(store, args.name, args.version, cfg)
     except PromotionRefused as e:
         print(e.report.summary(), file=sys.stderr)
+        if e.vs_champion is not None:
+            print("\n".join(summary_lines(e.vs_champion)), file=sys.stderr)
         print(f"refused: {args.name} version {args.version}; champion unchanged", file=sys.stderr)
         return 1
     print(res.report.summary())
+    if res.vs_champion is not None:
+        print("\n".join(summary_lines(res.vs_champion)))
     was = f" (previous champion: version {res.previous})" if res.previous else ""
     print(f"promoted: {args.name} version {res.version} is now champion{was}")
     return 0

@@ -2,8 +2,9 @@
 
 MLflow's version page shows only a few of a version's tags (4 of 15 in MLflow 3.17) and the
 model page cuts tag values short; the description is rendered whole, as markdown. It holds the
-promotion verdict, every gate's result, the headline scorecard and a link to the HTML scorecard
-logged with the run. Registration writes it (verdict: candidate, not tried yet); every promotion
+promotion verdict, every gate's result, the comparison with the champion it was tried against
+(its worst categories and a link to the whole per-category comparison), the headline scorecard
+and a link to the HTML scorecard logged with the run. Registration writes it (verdict: candidate, not tried yet); every promotion
 attempt and every rollback writes it again. Pure rendering; the registry and promotion modules
 set it.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vlalign import scorecard as sc
+from vlalign.tracking.comparison import Comparison
 
 HTML_NAME = "scorecard.html"  # the page vlalign.evaluation.mlflow_log writes beside scorecard.json
 VERDICT_CANDIDATE = "candidate"
@@ -45,11 +47,71 @@ class GateRow:
     reason: str
 
 
+@dataclass(frozen=True)
+class VsChampion:
+    """The section "Against the champion" of a promotion attempt.
+
+    champion: the version compared with (None: there was no champion). comparison: the result
+    (None: nothing compared, `note` says why). artifact: the run-relative path of the HTML
+    comparison; link: its UI link (the registry fills it in from the artifact).
+    """
+
+    champion: str | None
+    comparison: Comparison | None = None
+    note: str | None = None
+    artifact: str | None = None
+    link: str | None = None
+
+
+WORST_SHOWN = 5  # categories listed in the description (all are in the HTML comparison)
+
+
+def artifact_link(experiment_id: str | None, run_id: str | None, path: str | None) -> str | None:
+    """A UI link (relative to the MLflow UI that shows the page) to a run artifact."""
+    if not (experiment_id and run_id and path):
+        return None
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}"
+
+
 def scorecard_link(experiment_id: str | None, run_id: str | None, name: str | None) -> str | None:
     """A UI link (relative to the MLflow UI that shows the page) to the run's HTML scorecard."""
-    if not (experiment_id and run_id and name):
+    if not name:
         return None
-    return f"#/experiments/{experiment_id}/runs/{run_id}/artifactPath/eval/{name}/{HTML_NAME}"
+    return artifact_link(experiment_id, run_id, f"eval/{name}/{HTML_NAME}")
+
+
+def _vs_champion_lines(vs: VsChampion) -> list[str]:
+    title = "Against the champion" + (f" (v{vs.champion})" if vs.champion else "")
+    cmp = vs.comparison
+    if cmp is None:
+        return ["", f"**{title}**: {vs.note or 'nothing compared'}."]
+    lines = ["", f"**{title}**: {_cell(cmp.summary())}."]
+    worst = cmp.worst(WORST_SHOWN)
+    if worst:
+        lines += ["", "| category | split | rate | candidate | champion | delta | result |"]
+        lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in worst:
+            result = (
+                f"**REGRESSED** (> {r.tolerance:g} allowed)"
+                if r.regressed
+                else ("worse" if r.tolerance is None else f"worse (<= {r.tolerance:g} allowed)")
+            )
+            lines.append(
+                f"| {_cell(r.category or '')} | {_cell(r.split)} | {r.what} | {r.candidate:.3f} "
+                f"| {r.champion:.3f} | {r.delta:+.3f} | {result} |"
+            )
+    elif cmp.category_rows:
+        lines += ["", "No category is worse than the champion's."]
+    else:
+        lines += ["", "Neither scorecard has per-category results."]
+    lines += [""] if cmp.key_problems or cmp.notes else []
+    lines += [
+        f"- cannot check {_cell(f'{p.key} ({p.split}): {p.reason}')}" for p in cmp.key_problems
+    ]
+    lines += [f"- note: {_cell(n)}" for n in cmp.notes]
+    if vs.link:
+        lines += ["", f"[Per-category comparison with the champion (HTML)]({vs.link})"]
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -70,13 +132,15 @@ def render(
     link: str | None = None,
     details: dict[str, str] | None = None,
     when: float | None = None,
+    vs_champion: VsChampion | None = None,
 ) -> str:
     """The description markdown.
 
     verdict: candidate | passed | refused | rolled_back | restored. metrics: the version's scorecard metrics
     (only the headline ones are shown). gates: the last promotion attempt's results (empty: not
     tried). champion: the champion the attempt compared against. link: the HTML scorecard.
-    details: a few more facts (method, base model, digests), shown as a list.
+    details: a few more facts (method, base model, digests), shown as a list. vs_champion: the
+    attempt's comparison with the champion (section "Against the champion").
     """
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if when is None else when))
     lines = [f"### {_HEADLINES.get(verdict, verdict)}", "", f"Updated {stamp}."]
@@ -92,6 +156,8 @@ def render(
         ]
     elif verdict == VERDICT_CANDIDATE:
         lines += ["", "**Gates**: checked when promotion is tried (`vlalign registry promote`)."]
+    if vs_champion is not None:
+        lines += _vs_champion_lines(vs_champion)
     shown = sc.headline({"metrics": metrics})
     title = f"**Scorecard** `{scorecard_name}`" if scorecard_name else "**Scorecard**"
     if shown:

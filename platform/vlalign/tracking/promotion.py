@@ -7,7 +7,12 @@ Gates come from the recipe's `promotion` section: absolute thresholds over score
 refusal rate (over-refusal) is worse.
 
 A metric may name a split of a multi-split scorecard, `shift-visual/harmful_refusal_rate`: its
-direction is the base metric's.
+direction is the base metric's. A `max_regression` key may also name categories
+(`category/weapons`, `category/*`, `shift-visual/category/*`; grammar in
+`vlalign.regression_keys`): every attempt compares the version with the champion category by
+category (`vlalign.tracking.comparison`), and a category worse by more than its tolerance refuses
+the promotion, named with both values. The comparison is recorded on the version whatever the
+verdict (`vlalign.tracking.vs_champion`: a tag, an HTML and a JSON artifact, a description section).
 
 `evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
 and either moves `champion` (recording the previous one in the model tag
@@ -25,8 +30,11 @@ from dataclasses import asdict, dataclass, field
 
 from vlalign.config.schema import PromotionConfig
 from vlalign.errors import VlalignError
+from vlalign.regression_keys import is_category_key
 from vlalign.scorecard import DIRECTION, HIGHER
 from vlalign.tracking import description as desc
+from vlalign.tracking import vs_champion as vs_mod
+from vlalign.tracking.comparison import Comparison
 from vlalign.tracking.registry import (
     CHAMPION,
     TAG_PROMOTION,
@@ -36,6 +44,7 @@ from vlalign.tracking.registry import (
     run_recipe,
     scorecard_metrics,
     version_by_alias,
+    version_scorecard,
 )
 from vlalign.tracking.store import Store, client_for
 
@@ -89,8 +98,15 @@ class GateReport:
 class PromotionRefused(VlalignError):
     """A version failed its gates; `report` says which and why."""
 
-    def __init__(self, name: str, version: str, report: GateReport) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        report: GateReport,
+        vs_champion: desc.VsChampion | None = None,
+    ) -> None:
         self.report = report
+        self.vs_champion = vs_champion
         failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
         super().__init__(f"promotion of {name} version {version} refused: {failed}")
 
@@ -109,13 +125,17 @@ def evaluate_gates(
     metrics: dict[str, float],
     champion_metrics: dict[str, float] | None = None,
     champion: str | None = None,
+    comparison: Comparison | None = None,
 ) -> GateReport:
     """Evaluate absolute gates and regression tolerances over scorecard metrics (pure).
 
     A metric missing from the candidate's scorecard fails its gate. Regression gates pass when
-    there is no champion (nothing to regress from) or the champion lacks the metric.
+    there is no champion (nothing to regress from) or the champion lacks the metric. Category
+    keys of max_regression are judged by `comparison` (the candidate against the champion): a
+    failing result per regressed category, else one passing result.
     """
-    unknown = sorted(m for m in cfg.max_regression if direction(m) is None)
+    metric_tolerances = {k: t for k, t in cfg.max_regression.items() if not is_category_key(k)}
+    unknown = sorted(m for m in metric_tolerances if direction(m) is None)
     if unknown:
         raise VlalignError(
             f"promotion.max_regression: no direction known for {unknown} "
@@ -138,7 +158,7 @@ def evaluate_gates(
             continue
         ok = OPS[g.op](value, g.value)
         report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
-    for metric, tol in sorted(cfg.max_regression.items()):
+    for metric, tol in sorted(metric_tolerances.items()):
         better = direction(metric)
         text = f"{metric} at most {tol:g} worse than champion ({better} is better)"
         value = metrics.get(metric)
@@ -156,7 +176,20 @@ def evaluate_gates(
         ok = worse_by <= tol + 1e-12
         reason = f"got {value:g} vs champion v{champion} {base:g} (worse by {max(worse_by, 0):g})"
         report.results.append(GateResult(text, metric, ok, value, reason))
+    if len(metric_tolerances) < len(cfg.max_regression):
+        report.results += _category_gates(comparison)
     return report
+
+
+def _category_gates(comparison: Comparison | None) -> list[GateResult]:
+    """The category keys' verdict: one FAIL per regressed category, else one PASS."""
+    gate = "every category at most its max_regression worse than champion"
+    if comparison is None:
+        return [GateResult(gate, "category", True, None, "no champion to compare with")]
+    if comparison.passed:
+        why = f"vs v{comparison.champion}: {comparison.summary()}"
+        return [GateResult(gate, "category", True, None, why)]
+    return [GateResult(f.title, f.key, False, f.value, f.reason) for f in comparison.failures]
 
 
 @dataclass
@@ -167,6 +200,7 @@ class PromotionResult:
     version: str
     previous: str | None
     report: GateReport
+    vs_champion: desc.VsChampion | None = None
 
 
 def _history(store: Store, name: str) -> list[str]:
@@ -194,18 +228,28 @@ def promote(
             )
         cfg = run_recipe(store, mv.run_id).promotion
     current = version_by_alias(store, name, CHAMPION)
-    champion_metrics = None
+    champion_metrics = champion_card = None
     if current is not None and current != version:
-        champion_metrics = scorecard_metrics(store, get_version(store, name, current))
-    metrics = scorecard_metrics(store, mv)
-    report = evaluate_gates(cfg, metrics, champion_metrics, current)
+        champion_mv = get_version(store, name, current)
+        champion_card = version_scorecard(store, champion_mv)
+        champion_metrics = scorecard_metrics(store, champion_mv, champion_card)
+        champion_card = champion_card or {"metrics": champion_metrics}
+    card = version_scorecard(store, mv)
+    metrics = scorecard_metrics(store, mv, card)
+    vs = vs_mod.against_champion(
+        version, current, cfg.max_regression, card or {"metrics": metrics}, champion_card
+    )
+    report = evaluate_gates(cfg, metrics, champion_metrics, current, vs.comparison)
+    vs = vs_mod.record(store, name, version, mv.run_id, vs, report.passed)
     rows = [desc.GateRow(r.gate, r.passed, r.reason) for r in report.results]
     if not report.passed:
         failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
         client.set_model_version_tag(name, version, TAG_PROMOTION, "refused")
         client.set_model_version_tag(name, version, FAILED_TAG, failed[:_MAX_TAG])
-        describe_version(store, name, version, desc.VERDICT_REFUSED, rows, current, metrics)
-        raise PromotionRefused(name, version, report)
+        describe_version(
+            store, name, version, desc.VERDICT_REFUSED, rows, current, metrics, vs_champion=vs
+        )
+        raise PromotionRefused(name, version, report, vs)
     if current != version:
         history = _history(store, name)
         if current is not None:  # record before moving, so a failure cannot lose it
@@ -216,10 +260,12 @@ def promote(
     if FAILED_TAG in mv.tags:
         client.delete_model_version_tag(name, version, FAILED_TAG)
     previous = current if current != version else None
-    describe_version(store, name, version, desc.VERDICT_PASSED, rows, previous, metrics)
+    describe_version(
+        store, name, version, desc.VERDICT_PASSED, rows, previous, metrics, vs_champion=vs
+    )
     if previous is not None:
         describe_version(store, name, previous, desc.superseded(version))
-    return PromotionResult(name, version, current if current != version else None, report)
+    return PromotionResult(name, version, current if current != version else None, report, vs)
 
 
 def rollback(store: Store, name: str) -> tuple[str, str | None]:

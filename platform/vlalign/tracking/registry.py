@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,10 +117,11 @@ def describe_version(
     gates: list[desc.GateRow] | tuple = (),
     champion: str | None = None,
     metrics: dict[str, float] | None = None,
+    vs_champion: desc.VsChampion | None = None,
 ) -> str:
-    """Write the version's description (verdict, gates, headline scorecard, a link to the HTML
-    scorecard; see vlalign.tracking.description) and return it. metrics default: the version's
-    logged scorecard (scorecard_metrics)."""
+    """Write the version's description (verdict, gates, the comparison with the champion,
+    headline scorecard, a link to the HTML scorecard; see vlalign.tracking.description) and
+    return it. metrics default: the version's logged scorecard (scorecard_metrics)."""
     client = client_for(store)
     mv = client.get_model_version(name, str(version))
     if metrics is None:
@@ -139,6 +140,9 @@ def describe_version(
     }
     if mv.run_id:
         details["run"] = mv.run_id
+    if vs_champion is not None and vs_champion.artifact:
+        link = desc.artifact_link(experiment, mv.run_id, vs_champion.artifact)
+        vs_champion = replace(vs_champion, link=link)
     text = desc.render(
         verdict=verdict,
         metrics=metrics,
@@ -147,6 +151,7 @@ def describe_version(
         champion=champion,
         link=desc.scorecard_link(experiment, mv.run_id, card_name),
         details=details,
+        vs_champion=vs_champion,
     )
     client.update_model_version(name, str(version), description=text)
     return text
@@ -209,18 +214,26 @@ def _download(store: Store, run_id: str, path: str, dst: str) -> str:
         return client_for(store).download_artifacts(run_id, path, dst)
 
 
-def scorecard_metrics(store: Store, mv) -> dict[str, float]:
-    """A version's scorecard metrics: its run's eval/<name>/scorecard.json, else its tags."""
+def version_scorecard(store: Store, mv) -> dict[str, Any] | None:
+    """A version's whole scorecard (its run's eval/<name>/scorecard.json), or None when the
+    version has no run or scorecard name, or the artifact cannot be read."""
     name = mv.tags.get(TAG_SCORECARD_NAME)
-    if mv.run_id and name:
-        with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
-            try:
-                path = _download(store, mv.run_id, artifact_path(name), tmp)
-            except Exception:  # artifact store unreachable or file absent: fall back to tags
-                path = None
-            if path:
-                card = load_scorecard(path)
-                return {k: float(v) for k, v in card["metrics"].items()}
+    if not (mv.run_id and name):
+        return None
+    with tempfile.TemporaryDirectory(prefix="vlalign-scorecard-") as tmp:
+        try:
+            path = _download(store, mv.run_id, artifact_path(name), tmp)
+        except Exception:  # artifact store unreachable or file absent: the caller falls back
+            return None
+        return load_scorecard(path) if path else None
+
+
+def scorecard_metrics(store: Store, mv, card: dict[str, Any] | None = None) -> dict[str, float]:
+    """A version's scorecard metrics: its run's eval/<name>/scorecard.json (or `card`, that
+    file already read), else its tags."""
+    card = card if card is not None else version_scorecard(store, mv)
+    if card is not None:
+        return {k: float(v) for k, v in card["metrics"].items()}
     return metrics_from_tags(mv.tags)
 
 

@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
+import re
 import socket
 import subprocess
 import traceback
@@ -59,12 +61,25 @@ LIBRARIES = ("torch", "transformers", "peft", "deepspeed", "ray", "mlflow", "web
 _MAX_TAG = 5000
 
 
+_PARAM_NAME = re.compile(r"[/\w.\- :]*")  # what MLflow accepts in a param name (POSIX)
+
+
+def _param_name_ok(name: str) -> bool:
+    """True when MLflow takes `name` as a param name: its characters, and no path that
+    normalizes to another name ('a//b', 'a/./b', 'a/')."""
+    return bool(_PARAM_NAME.fullmatch(name)) and posixpath.normpath(name) == name
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> {'a.b.c': str(value)}; lists and None become JSON text."""
+    """Nested mapping -> {'a.b.c': str(value)}; lists and None become JSON text, and so does a
+    mapping whose keys MLflow would refuse in a param name (`promotion.max_regression` keys such
+    as `category/*`: one param holding the JSON mapping)."""
     out: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and not all(_param_name_ok(f"{name}.{k}") for k in value):
+            out[name] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, dict) and value:
             out.update(flatten(value, f"{name}."))
         elif isinstance(value, (dict, list, tuple)) or value is None:
             out[name] = json.dumps(value)
