@@ -1,5 +1,6 @@
 """`vlalign demo`'s stages end to end on a local Ray cluster (2 workers, ZeRO-2), shrunk to a few
-steps: data, base eval, SFT, DPO on the merged SFT model, evals, registry, gates, the table.
+steps: data, base eval, SFT, then DPO and GRPO (`--method dpo grpo`), each on the merged SFT model,
+evals, registry, gates, the table.
 
 The steps are too few to align anything; what is checked is the plumbing and that the promotion
 decision is the one the recipe's gates give on the DPO scorecard. Whether the full demo aligns is
@@ -31,10 +32,12 @@ from vlalign.tracking.store import client_for, embedded_store
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--pairs", "24", "--eval-prompts", "8", "--sft-steps", "4", "--dpo-steps", "3"]
+TINY += ["--method", "dpo", "grpo", "--rl-steps", "2"]
 # status lines, a bar per stage, the table (title, rules, 4 metrics + 6 categories), the verdict,
 # the closing lines: 35 lines measured (57 counting the bars' carriage-return redraws). Before
 # the logs went to a file this plan printed 126 lines (316) up to the registry stage alone.
-MAX_LINES = 60
+# The GRPO stage adds its status lines, bar, table column and verdict.
+MAX_LINES = 70
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -80,7 +83,8 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     assert lines[0].endswith(f"logs     Ray, DeepSpeed and worker output -> {log}"), lines[0]
     assert len(lines) <= MAX_LINES, f"{len(lines)} lines on the terminal:\n{shown}"
     assert "pid=" not in shown and "RayTrainWorker" not in shown, shown
-    assert sum(line.startswith(("sft:", "dpo:")) and "step" in line for line in lines) == 2, shown
+    bars = ("sft:", "dpo:", "grpo:")
+    assert sum(line.startswith(bars) and "step" in line for line in lines) == 3, shown
     assert f"full Ray/DeepSpeed logs: {log}" in shown
     # ... and everything else in the log
     logged = log.read_text()
@@ -92,13 +96,17 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     # every stage ran and said so, in order, with the Ray cluster started once
     status = [re.match(r"\[\d\d:\d\d:\d\d \+\d+:\d\d\] (\S+)", line) for line in lines]
     stages = [m.group(1) for m in status if m]
-    stages = [s for s in stages if s in {"data", "base", "ray", "sft", "dpo", "registry"}]
-    assert stages == ["data", "base", "ray", "sft", "sft", "dpo", "dpo", "registry"]
+    stages = [s for s in stages if s in {"data", "base", "ray", "sft", "dpo", "grpo", "registry"}]
+    assert stages == [
+        *["data", "base", "ray", "sft", "sft", "dpo", "grpo"],
+        *["dpo", "registry", "grpo", "registry"],
+    ]
+    assert "GRPO (4 samples per prompt, reward refusal_rule) on the SFT model, 2 steps" in shown
     assert "2 workers, ZeRO-2" in shown and "dashboard http://127.0.0.1:" in shown
     assert f"mlflow   MLflow store sqlite:///{cwd}/mlruns/mlflow.db (embedded default)" in shown
 
     # three scorecards on the held-out split, the same prompts each time
-    assert list(summary["scorecards"]) == ["base", "sft", "dpo"]
+    assert list(summary["scorecards"]) == ["base", "sft", "dpo", "grpo"]
     for name, metrics in summary["scorecards"].items():
         assert metrics["n_harmful"] + metrics["n_benign"] == 8, name
         card = json.loads((tmp_path / "demo" / "eval" / name / "scorecard.json").read_text())
@@ -122,6 +130,10 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     )
     assert exported["model"]["name"] == str(tmp_path / "demo" / "demo-sft" / "export" / "merged")
     assert exported["train"]["max_steps"] == 3 and exported["method"]["name"] == "dpo"
+    # ... and so did the GRPO stage, for the planned RL steps
+    rl = yaml.safe_load((tmp_path / "demo" / "demo-grpo" / "export" / "recipe.yaml").read_text())
+    assert rl["model"]["name"] == exported["model"]["name"]
+    assert rl["train"]["max_steps"] == 2 and rl["method"]["name"] == "grpo"
 
     # the registered version, and a promotion decision equal to the gates' verdict
     store = embedded_store(cwd)
@@ -142,6 +154,14 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     client = client_for(store)
     exp = client.get_experiment_by_name(recipe.tracking.experiment)
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags.get("mlflow.runName", "") for r in runs) == ["demo-dpo", "demo-sft"]
+    names = sorted(r.data.tags.get("mlflow.runName", "") for r in runs)
+    assert names == ["demo-dpo", "demo-grpo", "demo-sft"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert "eval/dpo/harmful_refusal_rate" in client.get_run(mv.run_id).data.metrics
+
+    # the GRPO model is a version of its own, with its own promotion decision
+    rl_promo = summary["promotions"]["grpo"]
+    assert rl_promo["version"] != promo["version"]
+    rl_version = get_version(store, rl_promo["model"], rl_promo["version"])
+    assert rl_version.run_id not in (None, mv.run_id)
+    assert "eval/grpo/harmful_refusal_rate" in client.get_run(rl_version.run_id).data.metrics
