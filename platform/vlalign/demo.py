@@ -54,15 +54,20 @@ class DemoPlan:
     sft_steps: int | None = None
     dpo_steps: int | None = None
     rl_steps: int | None = None
+    judge_steps: int | None = None  # Safe RLHF's reward and cost models
     methods: tuple[str, ...] = ("dpo",)
 
     def steps(self, stage: str) -> list[str]:
         n = {"sft": self.sft_steps, "dpo": self.dpo_steps}.get(stage, self.rl_steps)
+        if stage in ("reward", "cost"):
+            n = self.judge_steps
         return [] if n is None else [f"train.max_steps={n}"]
 
 
 FULL = DemoPlan(pairs=512, eval_pairs=200)
-QUICK = DemoPlan(pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120, rl_steps=60)
+QUICK = DemoPlan(
+    pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120, rl_steps=60, judge_steps=60
+)
 LOG_NAME = "demo.log"
 
 
@@ -244,15 +249,14 @@ def _stages(
         with _bars_on(term):
             cards["sft"] = _evaluate(str(rs.export_dir), data, sft, out, "sft", rs.run_id)
 
+        start = [*common, f"model.name={rs.export_dir}/merged"]
         trained = {}
         for method in plan.methods:
             recipe_name, label = STAGE2[method]
-            recipe = pin_store(
-                load_recipe(
-                    recipe_name,
-                    [*common, f"model.name={rs.export_dir}/merged", *plan.steps(method)],
-                )
-            )
+            extra = []
+            if method == "safe-rlhf":
+                extra = _learned_judges(start, plan, use_ray, out, where, say, term)
+            recipe = pin_store(load_recipe(recipe_name, [*start, *plan.steps(method), *extra]))
             say(
                 method,
                 f"{_describe(recipe, label)} on the SFT model, "
@@ -289,6 +293,39 @@ def _stages(
     return summary
 
 
+# Safe RLHF's learned judges, trained from the SFT model before the policy: recipe, label.
+JUDGES = {"reward": ("tiny/demo-reward", "reward model"), "cost": ("tiny/demo-cost", "cost model")}
+
+
+def _learned_judges(
+    start: list[str], plan: DemoPlan, use_ray: bool, out: Path, where: str, say, term: TextIO
+) -> list[str]:
+    """Train the reward and the cost model the Safe RLHF stage uses (on the demo's preference
+    pairs, from the SFT model); returns the overrides that point the stage at their exports."""
+    from vlalign.tracking.store import pin_store
+
+    exports = {}
+    for judge, (recipe_name, label) in JUDGES.items():
+        recipe = pin_store(load_recipe(recipe_name, [*start, *plan.steps(judge)]))
+        say(
+            judge,
+            f"{label} for Safe RLHF on the SFT model, {recipe.train.max_steps} steps on {where}",
+        )
+        result = _train(recipe, use_ray, out, judge, term)
+        shown = {k: v for k, v in result.metrics[-1].items() if k.endswith("accuracy")}
+        say(
+            judge,
+            f"trained (final loss {result.losses[-1]:.4f}"
+            + "".join(f", {k} {v:.3f}" for k, v in shown.items())
+            + ")",
+        )
+        exports[judge] = result.export_dir
+    return [
+        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}]",
+        f"method.costs=[{{name: cost_model, model: '{exports['cost']}'}}]",
+    ]
+
+
 def _describe(recipe: Recipe, label: str) -> str:
     """One phrase for a second-stage method: its loss and main knobs."""
     m = recipe.method
@@ -297,7 +334,11 @@ def _describe(recipe: Recipe, label: str) -> str:
     rewards = ", ".join(r.name for r in m.rewards)
     text = f"{label} ({m.num_generations} samples per prompt, reward {rewards}"
     if m.name == "safe_rlhf":
-        text += f", {len(m.budgets)} cost budgets + over-refusal <= {m.over_refusal_budget}"
+        costs = ", ".join(c.name for c in m.costs)
+        text += (
+            f", cost {costs} with {len(m.budgets)} category budgets + over-refusal <= "
+            f"{m.over_refusal_budget}"
+        )
     return text + ")"
 
 
@@ -372,6 +413,7 @@ def _plan(args: argparse.Namespace) -> DemoPlan:
         "sft_steps": args.sft_steps,
         "dpo_steps": args.dpo_steps,
         "rl_steps": args.rl_steps,
+        "judge_steps": args.judge_steps,
     }
     for flag, n in changes.items():
         if n is not None and n < 1:
@@ -434,4 +476,7 @@ def register(sub) -> None:
         f"{', '.join(STAGE2)} (default: dpo; e.g. --method dpo grpo safe-rlhf)",
     )
     p.add_argument("--rl-steps", type=int, help="GRPO / Safe RLHF steps (plan override)")
+    p.add_argument(
+        "--judge-steps", type=int, help="Safe RLHF's reward and cost model steps (plan override)"
+    )
     p.set_defaults(func=cmd_demo)
