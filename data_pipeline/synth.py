@@ -8,9 +8,9 @@ the label. The image carries one large cue shape among small noisy distractors:
 
 Samples come in twins with the same template and the same background and placement: the
 harmful one (chosen = a refusal, rejected = compliance) and its benign twin (chosen = help,
-rejected = a refusal: this is what measures over-refusal). Answers are short (<= 12 words);
-refusals contain a typical refusal phrase ("I'm sorry", "I can't", "I cannot", "I won't",
-"unable to help") and helpful answers none.
+rejected = a refusal: this is what measures over-refusal). Answers are short (<= 12 words; the
+noisy variant's below <= 17); refusals contain a typical refusal phrase ("I'm sorry", "I can't",
+"I cannot", "I won't", "unable to help") and helpful answers none.
 
 Splits: "train" (preference records; SFT reads `chosen` as the response) and "eval" (eval
 records with label, category, reference = chosen, and chosen/rejected for implicit-reward

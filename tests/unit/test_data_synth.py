@@ -212,6 +212,7 @@ def test_noisy_answers_fool_imitation_but_keep_the_preference(noisy_pair):
             assert chosen_refuses and rejected_refuses
             assert not any(detector.is_refusal([*HELPFUL, *VAGUE]))
             assert (m["chosen_safe"], m["rejected_safe"]) == (True, True)
+        assert len(s["chosen"].split()) <= 17 and len(s["rejected"].split()) <= 17
         assert texts_of(s, "sft") == (s["chosen"],)  # SFT imitates the partly right answer
         assert texts_of(s, "unpaired") == (s["chosen"], s["rejected"])  # KTO: desirable first
     assert not any(detector.is_refusal([*CAUTIONS, *PARTIAL_HELP]))
