@@ -19,10 +19,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         shift_pairs=args.shift_pairs,
         image_size=args.image_size,
         shard_samples=args.shard_samples,
+        noise=args.noise,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(f"wrote {summary['out']}  digest {summary['dataset_digest']}")
+    if summary["noisy_samples"]:
+        print(
+            f"  noise {summary['noise']:g}: {summary['noisy_samples']} training pairs with a "
+            "partly right chosen answer (meta noise=partial_chosen)"
+        )
     for name, s in summary["splits"].items():
         cats = ", ".join(f"{k} {v}" for k, v in s["categories"].items())
         print(
@@ -126,6 +132,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed (the output is deterministic from it)")
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="noisy-preference variant: this fraction of training pairs get a partly right "
+        "chosen answer and a worse rejected one with the same flaw (default 0: clean)",
+    )
     p.add_argument(
         "--shard-samples", type=int, default=DEFAULT_MAX_SAMPLES, help="samples per shard"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,8 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import alignment_seeds  # noqa: E402
+
+from vlalign.config import load_recipe  # noqa: E402
 
 
 def rates(harmful: float, benign: float) -> dict:
@@ -83,3 +87,68 @@ def test_generalization_targets_per_split():
     }
     text = alignment_seeds._table([row])
     assert "shift-visual" in text and "MISSED on shift-visual" in text
+
+
+def test_stage_recipes_load_and_kto_trains_like_dpo():
+    """Every stage after SFT names a shipped recipe; tiny/demo-kto is tiny/demo with method kto
+    (same steps, lr, batch, LoRA scope, augmentation and gates: equal training time)."""
+    assert list(alignment_seeds.STAGE_RECIPES) == ["dpo", "kto", "grpo", "safe_rlhf"]
+    recipes = {k: load_recipe(name) for k, name in alignment_seeds.STAGE_RECIPES.items()}
+    assert {k: r.method.name for k, r in recipes.items()} == {
+        "dpo": "dpo",
+        "kto": "kto",
+        "grpo": "grpo",
+        "safe_rlhf": "safe_rlhf",
+    }
+    dpo, kto = recipes["dpo"], recipes["kto"]
+    assert kto.train == dpo.train and kto.peft == dpo.peft and kto.data == dpo.data
+    assert kto.engine == dpo.engine and kto.resources == dpo.resources
+    assert kto.promotion == dpo.promotion
+
+
+def test_kto_verdict_table_and_overrides():
+    m = {**rates(1.0, 0.0), "text_validity_rate": 1.0}
+    row = {
+        "seed": 0,
+        "sft_steps": 3,
+        "kto_steps": 2,
+        "sft": {**rates(1.0, 0.5), "text_validity_rate": 1.0},
+        "kto": m,
+        "kto_splits": {"eval": m},
+        "kto_seconds": 1.5,
+        "rl_verdict": {"kto": alignment_seeds.verdict(rates(1.0, 0.5), m)},
+        "rl_generalization": {"kto": {"eval": True}},
+    }
+    text = alignment_seeds._table([row])
+    assert "   0  kto              2 eval" in text
+    assert "verdict (KTO, 1.5 s): targets met, KTO better than SFT" in text
+    assert "generalization (KTO): every split meets its target" in text
+    got = alignment_seeds._rl_overrides(
+        ["kto:method.beta=0.2", "grpo:train.max_steps=4"], {"kto": ["train.max_steps=2"]}
+    )
+    assert got == {
+        "kto": ["train.max_steps=2", "method.beta=0.2"],
+        "grpo": ["train.max_steps=4"],
+        "safe_rlhf": [],
+    }
+    with pytest.raises(SystemExit, match="METHOD in kto, grpo, safe_rlhf"):
+        alignment_seeds._rl_overrides(["dpo:method.beta=0.2"], {})
+
+
+def test_cli_accepts_kto_and_checks_noise_before_training(tmp_path):
+    """A fresh process: `--methods dpo kto` parses; a noise outside [0, 1] stops at once."""
+    root = BENCH.parent
+    env = {**os.environ, "PYTHONPATH": f"{root / 'platform'}{os.pathsep}{root}"}
+    cmd = [sys.executable, str(BENCH / "alignment_seeds.py"), "--methods", "dpo", "kto"]
+    r = subprocess.run(
+        [*cmd, "--noise", "1.5", "--out", str(tmp_path / "o")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--noise must be a fraction in [0, 1], got 1.5" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = subprocess.run([*cmd[:3], "orpo"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "invalid choice: 'orpo'" in r.stderr

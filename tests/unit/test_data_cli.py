@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from data_support import first_key, refresh_manifest, replace_member
 
 from data_pipeline.manifest import load_manifest
+from data_pipeline.reader import iter_samples
 from vlalign.cli import main
 
 
@@ -95,6 +100,35 @@ def test_data_commands(tmp_path, capsys, model_cache):
     )
     assert "1 samples, 1 skipped" in capsys.readouterr().out
     assert main(["data", "validate", str(tmp_path / "nothing")]) == 2
+
+
+def test_synth_noise_flag_in_a_fresh_process(tmp_path):
+    """`vlalign data synth --noise F` from a clean working directory: the manifest records the
+    fraction, the marked training pairs are the seeded share, a bad fraction is a one-line error."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root / 'platform'}{os.pathsep}{root}"}
+    exe = str(Path(sys.executable).parent / "vlalign")
+
+    def synth(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [exe, "data", "synth", *args, "--quiet"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    r = synth("ds", "--pairs", "20", "--eval-pairs", "4", "--shift-pairs", "0", "--noise", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "noise 0.5: 10 training pairs with a partly right chosen answer" in r.stdout
+    info = json.loads((tmp_path / "ds" / "manifest.json").read_text())["info"]["synth"]
+    assert (info["noise"], info["noisy_samples"]) == (0.5, 10)
+    marked = [s["meta"].get("noise") for s in iter_samples(str(tmp_path / "ds"), "train")]
+    assert marked.count("partial_chosen") == 10 and marked.count(None) == 10
+    r = synth("bad", "--pairs", "4", "--noise", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: --noise must be a fraction in [0, 1], got 2.0" in r.stderr
 
 
 def _png() -> bytes:
