@@ -152,12 +152,36 @@ def run_seed(
         # online: 2 Ray workers x 4 prompts in the demo, the same 8 prompts per rollout in one
         # process; KTO: 16 pairs per step, as DPO
         batch = ["train.micro_batch_size=8"] if key in ONLINE else []
-        stage(key, STAGE_RECIPES[key], [start, *batch, *(rl_over or {}).get(key, [])])
+        judges = _learned_judges(key, common, runs, start, out) if key == "safe_rlhf" else []
+        stage(key, STAGE_RECIPES[key], [start, *batch, *judges, *(rl_over or {}).get(key, [])])
         out.setdefault("rl_verdict", {})[key] = verdict(out["sft"], out[key])
         out.setdefault("rl_generalization", {})[key] = generalization(out[f"{key}_splits"])
     if control:
         stage("sft_control", "tiny/demo-sft", [*sft_over, f"train.max_steps={steps}"])
     return out
+
+
+def _learned_judges(key: str, common: list[str], runs: Path, start: str, out: dict) -> list[str]:
+    """Safe RLHF's reward and cost models (tiny/demo-reward, tiny/demo-cost), trained from the
+    SFT model on the same pairs, as the demo does; returns the overrides that use them. Their
+    training seconds count toward the stage's time (`<key>_judges_seconds`)."""
+    from vlalign.config import load_recipe
+    from vlalign.training.loop import run_training
+
+    exports, t0 = {}, time.time()
+    for judge in ("reward", "cost"):
+        recipe = load_recipe(
+            f"tiny/demo-{judge}", [*common, start, f"train.output_dir={runs}/{key}-{judge}"]
+        )
+        result = run_training(recipe)
+        exports[judge] = result.export_dir
+        acc = [v for k, v in result.metrics[-1].items() if k.endswith("accuracies")]
+        out[f"{key}_{judge}_train_accuracy"] = round(acc[0], 3) if acc else None
+    out[f"{key}_judges_seconds"] = round(time.time() - t0, 1)
+    return [
+        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}]",
+        f"method.costs=[{{name: cost_model, model: '{exports['cost']}'}}]",
+    ]
 
 
 def _table(rows: list[dict]) -> str:
