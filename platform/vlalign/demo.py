@@ -151,11 +151,16 @@ def _train(recipe: Recipe, use_ray: bool, out: Path, stage: str, term: TextIO):
 
             # the bar is drawn here (Ray's tqdm bars would share the terminal with it)
             return run_on_ray(recipe, on_step=on_step, ray_progress=False)
+        from vlalign.evaluation.inloop import InLoopScorer
         from vlalign.tracking.run_logger import RunLogger
         from vlalign.training.launch import launch_local
 
         return launch_local(
-            recipe, nproc=recipe.resources.num_workers, on_step=on_step, tracker=RunLogger
+            recipe,
+            nproc=recipe.resources.num_workers,
+            on_step=on_step,
+            tracker=RunLogger,
+            scorer=InLoopScorer,
         )
 
 

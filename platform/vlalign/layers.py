@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "vlalign.scorecard",
         "vlalign.regression_keys",
     ),
-    ("vlalign.config",),  # recipe schema, loading, checks
+    ("vlalign.config", "vlalign.gates"),  # recipe schema, loading, checks; gates over metrics
     ("vlalign.models",),  # builders, LoRA, tiny built-ins, families, unwrap, generation
     ("data_pipeline",),  # shards, readers, converters, transforms, collation
     ("vlalign.logprobs", "vlalign.losses"),  # pure tensor math

@@ -153,3 +153,9 @@ def headline(card: dict[str, Any] | Scorecard) -> dict[str, float]:
     """The headline metrics present in a scorecard (finite values only), in HEADLINE order."""
     m = card.metrics if isinstance(card, Scorecard) else card["metrics"]
     return {k: float(m[k]) for k in HEADLINE if k in m and math.isfinite(float(m[k]))}
+
+
+def metric_direction(metric: str) -> str | None:
+    """ "higher" | "lower" for a headline metric, also when it names a split
+    (`shift-visual/harmful_refusal_rate`); None for a count or an unknown name."""
+    return DIRECTION.get(metric.rsplit("/", 1)[-1])

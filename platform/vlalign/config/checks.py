@@ -73,4 +73,38 @@ def check_recipe(recipe: Recipe) -> list[str]:
         problems.append("promotion.auto: needs tracking.registered_model")
     if recipe.promotion.auto and not recipe.promotion.gates:
         problems.append("promotion.gates: automatic promotion needs at least one gate")
+    problems += _in_loop_problems(recipe)
+    return problems
+
+
+def _in_loop_problems(recipe: Recipe) -> list[str]:
+    """What makes the in-loop scorecard (train.eval_every, best, early_stop) unrunnable."""
+    t = recipe.train
+    if t.eval_every is None:
+        return []
+    problems = []
+    if recipe.method.info.loss_kind in ("reward", "cost"):
+        problems.append(
+            f"train.eval_every: method {recipe.method.name} trains a scalar head, which answers "
+            "no prompts: there is no in-loop scorecard for it"
+        )
+    if recipe.engine.zero_stage == 3:
+        problems.append(
+            "train.eval_every: the in-loop scorecard generates with each rank's in-memory "
+            "policy, which needs engine.zero_stage 0, 1 or 2"
+        )
+    if recipe.data.train is not None and not (recipe.data.eval or recipe.eval.data):
+        problems.append("train.eval_every: no eval data for the in-loop scorecard (set data.eval)")
+    if t.early_stop is not None and not recipe.promotion.gates:
+        problems.append(
+            "train.early_stop: a run ends early only once promotion.gates pass; add gates"
+        )
+    if t.eval_splits:
+        for g in recipe.promotion.gates:
+            split = g.metric.rsplit("/", 1)[0] if "/" in g.metric else recipe.data.eval_split
+            if split not in t.eval_splits:
+                problems.append(
+                    f"train.eval_splits: promotion gate {g.metric} reads split {split!r}, "
+                    "which the in-loop scorecard does not score (it would never pass)"
+                )
     return problems

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from vlalign import catalog, regression_keys
+from vlalign.scorecard import DIRECTION, metric_direction
 
 BUILTIN_FAMILY: dict[str, str] = catalog.builtin_models()
 BUILTIN_MODELS = tuple(BUILTIN_FAMILY)
@@ -510,6 +511,56 @@ MethodConfig = Annotated[
 """The `method` section: one section type per method, chosen by `method.name`."""
 
 
+# Metrics the in-loop scorecard has and ranks by (it answers prompts; it scores no pairs).
+INLOOP_RANKED = tuple(sorted(m for m in DIRECTION if not m.endswith("reward_accuracy")))
+
+
+def _ranked_metric(metric: str) -> str:
+    """`metric` when the in-loop scorecard has it and it has a direction (`<split>/<metric>` too)."""
+    if metric_direction(metric) is None or metric.rsplit("/", 1)[-1] not in INLOOP_RANKED:
+        raise ValueError(
+            f"metric: {metric!r} is not an in-loop scorecard metric with a better direction; "
+            f"use one of {', '.join(INLOOP_RANKED)} (or <split>/<metric>)"
+        )
+    return metric
+
+
+class BestConfig(Section):
+    """Which in-loop evaluation's checkpoint is exported (with train.eval_every)."""
+
+    metric: str | None = Field(
+        None,
+        description="null: the latest checkpoint whose in-loop scorecard passes promotion.gates; "
+        "a metric (harmful_refusal_rate, <split>/<metric>): the best by it among those passing.",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> BestConfig:
+        if self.metric is not None:
+            _ranked_metric(self.metric)
+        return self
+
+
+class EarlyStopConfig(Section):
+    """End a run whose gates pass and whose target metric has stopped improving."""
+
+    metric: str = Field(
+        "harmful_refusal_rate",
+        description="In-loop scorecard metric watched (its direction is the scorecard's).",
+    )
+    patience: int = Field(
+        3, ge=1, description="In-loop evaluations without improvement before the run ends."
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="An improvement is a change by more than this, the better way."
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> EarlyStopConfig:
+        _ranked_metric(self.metric)
+        return self
+
+
 class TrainConfig(Section):
     """The optimization loop."""
 
@@ -540,6 +591,33 @@ class TrainConfig(Section):
         "adapter",
         description="What is exported at the end: the PEFT adapter, a merged model, or nothing.",
     )
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Steps between in-loop scorecards (each with a checkpoint, and one at the "
+        "end); null: none.",
+    )
+    eval_samples: int = Field(
+        64, ge=1, description="Prompts per split in the in-loop scorecard (a fixed subset)."
+    )
+    eval_splits: list[str] | None = Field(
+        None,
+        description="Eval splits the in-loop scorecard scores; null: data.eval_split and the "
+        "splits promotion.gates name.",
+    )
+    best: BestConfig = Field(
+        default_factory=BestConfig,
+        description="Which evaluated checkpoint is exported (with eval_every).",
+    )
+    early_stop: EarlyStopConfig | None = Field(
+        None, description="End the run early once the gates pass and the metric stalls."
+    )
+
+    @model_validator(mode="after")
+    def _early_stop_evaluates(self) -> TrainConfig:
+        if self.early_stop is not None and self.eval_every is None:
+            raise ValueError("early_stop: needs eval_every (the in-loop scorecard it watches)")
+        return self
 
 
 class EngineConfig(Section):

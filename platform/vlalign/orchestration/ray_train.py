@@ -117,6 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from vlalign.evaluation.inloop import InLoopScorer
     from vlalign.tracking.run_logger import RunLogger
     from vlalign.training.context import TrainContext
     from vlalign.training.loop import run_training
@@ -131,6 +132,7 @@ def train_worker(config: dict[str, Any]) -> None:
     with checkpoint.as_directory() if checkpoint is not None else nullcontext() as restore:
         ctx = TrainContext(
             tracker=RunLogger,
+            scorer=InLoopScorer,
             batches=batches,
             rank=tctx.get_world_rank(),
             world_size=tctx.get_world_size(),
@@ -205,7 +207,13 @@ def _result_from(fit_result, recipe: Recipe) -> TrainResult:
         ) from None
     reported = fit_result.metrics or {}
     out_dir = Path(recipe.output_dir)
-    finished = state["step"] >= recipe.train.max_steps
+    inloop = state.get("inloop") or {}
+    finished = state["step"] >= recipe.train.max_steps or bool(inloop.get("stopped"))
+    choice = None
+    if finished and recipe.train.eval_every is not None and "history" in inloop:
+        from vlalign.training.selection import choose
+
+        choice = choose(inloop["history"], recipe.train.best, state["step"]).describe()
     return TrainResult(
         losses=state["losses"],
         metrics=state["metrics"],
@@ -214,6 +222,8 @@ def _result_from(fit_result, recipe: Recipe) -> TrainResult:
         checkpoint_dir=Path(checkpoint.path),
         run_id=state.get("run_id"),
         resumed_from_step=int(reported.get("resumed_from_step", 0)),
+        export_choice=choice,
+        stopped_early=inloop.get("stopped"),
     )
 
 

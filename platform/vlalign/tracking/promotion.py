@@ -14,8 +14,8 @@ category (`vlalign.tracking.comparison`), and a category worse by more than its 
 the promotion, named with both values. The comparison is recorded on the version whatever the
 verdict (`vlalign.tracking.vs_champion`: a tag, an HTML and a JSON artifact, a description section).
 
-`evaluate_gates` is a pure function. `promote` reads the version's logged scorecard, evaluates,
-and either moves `champion` (recording the previous one in the model tag
+`evaluate_gates` is a pure function (its absolute gates: `vlalign.gates`). `promote` reads the
+version's logged scorecard, evaluates, and either moves `champion` (recording the previous one in the model tag
 `vlalign.champion_history`, a JSON list used as a stack by `rollback`) and tags the version
 `promotion=passed`, or leaves `champion` alone, tags the version `promotion=refused` with
 `promotion.failed_gates`, and raises PromotionRefused (a VlalignError: the CLI exits non-zero).
@@ -24,12 +24,16 @@ and either moves `champion` (recording the previous one in the model tag
 from __future__ import annotations
 
 import json
-import math
-import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from vlalign.config.schema import PromotionConfig
 from vlalign.errors import VlalignError
+
+# Gate verdicts and the absolute gates live in vlalign.gates (the training loop checks gates
+# too); their names are re-exported here, where callers have always found them.
+from vlalign.gates import OPS as OPS
+from vlalign.gates import GateReport, GateResult, absolute_gates, finite
+from vlalign.gates import direction as direction
 from vlalign.regression_keys import is_category_key
 from vlalign.scorecard import DIRECTION, HIGHER
 from vlalign.tracking import description as desc
@@ -48,51 +52,10 @@ from vlalign.tracking.registry import (
 )
 from vlalign.tracking.store import Store, client_for
 
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 HISTORY_TAG = "vlalign.champion_history"
 FAILED_TAG = "promotion.failed_gates"
 PREVIOUS_TAG = "promotion.previous_champion"
 _MAX_TAG = 5000
-
-
-@dataclass
-class GateResult:
-    """One gate's verdict. gate: its text; value: the candidate's metric (None if missing)."""
-
-    gate: str
-    metric: str
-    passed: bool
-    value: float | None
-    reason: str
-
-
-@dataclass
-class GateReport:
-    """Every gate's verdict; passes only when there is at least one gate and all pass."""
-
-    results: list[GateResult] = field(default_factory=list)
-    champion: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
-
-    @property
-    def failed(self) -> list[GateResult]:
-        return [r for r in self.results if not r.passed]
-
-    def summary(self) -> str:
-        """One line per gate: PASS/FAIL, the gate, and why."""
-        return "\n".join(
-            f"  {'PASS' if r.passed else 'FAIL'}  {r.gate}: {r.reason}" for r in self.results
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "passed": self.passed,
-            "champion": self.champion,
-            "results": [asdict(r) for r in self.results],
-        }
 
 
 class PromotionRefused(VlalignError):
@@ -109,15 +72,6 @@ class PromotionRefused(VlalignError):
         self.vs_champion = vs_champion
         failed = "; ".join(f"{r.gate} ({r.reason})" for r in report.failed)
         super().__init__(f"promotion of {name} version {version} refused: {failed}")
-
-
-def direction(metric: str) -> str | None:
-    """Which way is better for `metric`, also when it names a split (`<split>/<metric>`)."""
-    return DIRECTION.get(metric.rsplit("/", 1)[-1])
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 def evaluate_gates(
@@ -146,29 +100,18 @@ def evaluate_gates(
             "promotion: no gates configured; refusing to promote without a safety check "
             "(add promotion.gates to the recipe or pass --recipe)"
         )
-    report = GateReport(champion=champion)
-    for g in cfg.gates:
-        text = f"{g.metric} {g.op} {g.value:g}"
-        value = metrics.get(g.metric)
-        if not _finite(value):
-            reason = (
-                "missing from the scorecard" if value is None else f"value {value} is not finite"
-            )
-            report.results.append(GateResult(text, g.metric, False, value, reason))
-            continue
-        ok = OPS[g.op](value, g.value)
-        report.results.append(GateResult(text, g.metric, ok, value, f"got {value:g}"))
+    report = GateReport(champion=champion, results=absolute_gates(cfg.gates, metrics))
     for metric, tol in sorted(metric_tolerances.items()):
         better = direction(metric)
         text = f"{metric} at most {tol:g} worse than champion ({better} is better)"
         value = metrics.get(metric)
-        if not _finite(value):
+        if not finite(value):
             report.results.append(
                 GateResult(text, metric, False, value, "missing from the scorecard")
             )
             continue
         base = (champion_metrics or {}).get(metric)
-        if champion_metrics is None or not _finite(base):
+        if champion_metrics is None or not finite(base):
             why = "no champion yet" if champion_metrics is None else "champion has no such metric"
             report.results.append(GateResult(text, metric, True, value, why))
             continue

@@ -4,7 +4,8 @@ Layout under `<output_dir>/checkpoints/`::
 
     step-000020/            one self-contained checkpoint (what Ray reports and restores)
       ds/ckpt/...           DeepSpeed engine state (model, optimizer, scheduler; per-rank files)
-      trainer_state.json    step, data position per rank, MLflow run id, losses so far
+      trainer_state.json    step, data position per rank, MLflow run id, losses so far,
+                            in-loop scorecards (`vlalign.training.selection`)
       rng-rank{R}.pt        python / numpy / torch RNG states of rank R (safe: tensors + lists)
     latest                  text file naming the newest COMPLETE checkpoint
 
@@ -13,6 +14,7 @@ a barrier rank 0 renames it and only then moves `latest`, so an interrupted save
 the restart point. A save that fails for want of space (or any OS error) removes its temp
 folder and raises VlalignError naming the path; the previous checkpoint and `latest` stay.
 trainer_state.json also records the recipe digest and method (`vlalign.training.resume`).
+Rotation keeps the `train.keep_checkpoints` newest and the one the run will export.
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ class TrainerState:
     method_state: dict = field(default_factory=dict)  # the method's own state (JSON)
     recipe_digest: str | None = None  # training-relevant recipe (vlalign.training.resume)
     method: str | None = None
+    # In-loop scorecards (vlalign.training.selection): {"history": [evaluation records],
+    # "stopped": why train.early_stop ended the run, or absent}
+    inloop: dict = field(default_factory=dict)
 
 
 def step_dirname(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     """RNG states as tensors/ints only, so they load with torch.load(weights_only=True)."""
     version, mt, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
@@ -62,7 +67,7 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
     keys, pos, has_gauss, cached = state["numpy"]
@@ -72,8 +77,19 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(engine, root: Path, state: TrainerState, rank: int, world_size: int, keep: int) -> Path:
-    """Collective save of engine + trainer state + RNG; returns the final checkpoint directory."""
+def save(
+    engine,
+    root: Path,
+    state: TrainerState,
+    rank: int,
+    world_size: int,
+    keep: int,
+    protect: int | None = None,
+) -> Path:
+    """Collective save of engine + trainer state + RNG; returns the final checkpoint directory.
+
+    Only the `keep` newest checkpoints stay, and the one of step `protect` (the checkpoint the
+    run will export, `vlalign.training.selection.protected_step`)."""
     final = root / step_dirname(state.step)
     tmp = root / f".tmp-{step_dirname(state.step)}"
     try:
@@ -82,7 +98,7 @@ def save(engine, root: Path, state: TrainerState, rank: int, world_size: int, ke
             tmp.mkdir(parents=True)
         barrier()
         engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, save_latest=False)
-        torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
+        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
         barrier()
         if rank == 0:
             (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
@@ -90,7 +106,7 @@ def save(engine, root: Path, state: TrainerState, rank: int, world_size: int, ke
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _write_latest(root, final.name)
-            _prune(root, keep)
+            _prune(root, keep, protect)
     except OSError as e:
         raise _save_failed(root, tmp, e) from None
     except RuntimeError as e:  # torch.save wraps the OS error ("... file write failed")
@@ -118,10 +134,12 @@ def _write_latest(root: Path, name: str) -> None:
     os.replace(tmp, root / "latest")
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, protect: int | None = None) -> None:
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    kept = None if protect is None else step_dirname(protect)
     for p in steps[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.name != kept:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def latest(root: Path) -> Path | None:
@@ -131,6 +149,22 @@ def latest(root: Path) -> Path | None:
         return None
     p = root / f.read_text().strip()
     return p if (p / "trainer_state.json").is_file() else None
+
+
+def load_weights(engine, ckpt: Path) -> None:
+    """Put the module weights of checkpoint `ckpt` back into the engine (every rank; optimizer,
+    scheduler, RNG and trainer state untouched): what the export of a chosen step needs."""
+    from vlalign.errors import VlalignError
+
+    if not (ckpt / "ds" / DS_TAG).is_dir():
+        raise VlalignError(f"checkpoint {ckpt}: no engine state to export the weights of")
+    engine.load_checkpoint(
+        str(ckpt / "ds"),
+        tag=DS_TAG,
+        load_module_only=True,
+        load_optimizer_states=False,
+        load_lr_scheduler_states=False,
+    )
 
 
 def load(engine, ckpt: Path, rank: int) -> TrainerState:
@@ -144,7 +178,7 @@ def load(engine, ckpt: Path, rank: int) -> TrainerState:
     )
     rng = ckpt / f"rng-rank{rank}.pt"
     if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=True))
+        set_rng_state(torch.load(rng, weights_only=True))
     known = TrainerState.__dataclass_fields__
     saved = json.loads((ckpt / "trainer_state.json").read_text())
     return TrainerState(**{k: v for k, v in saved.items() if k in known})

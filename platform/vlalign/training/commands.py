@@ -51,9 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
     if args.no_ray:
+        from vlalign.evaluation.inloop import InLoopScorer
         from vlalign.training.launch import launch_local
 
-        result = launch_local(recipe, nproc=args.nproc, tracker=RunLogger)
+        result = launch_local(recipe, nproc=args.nproc, tracker=RunLogger, scorer=InLoopScorer)
     else:
         from vlalign.orchestration.ray_train import run_on_ray
 
@@ -67,8 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"(step {len(result.losses)} of {recipe.train.max_steps}), "
         f"final loss {last.get('loss', float('nan')):.4f}"
     )
+    if result.stopped_early:
+        print(f"  stopped    early at step {len(result.losses)}: {result.stopped_early}")
     if result.export_dir:
-        print(f"  exported   {result.export_dir}")
+        chosen = f" ({result.export_choice})" if result.export_choice else ""
+        print(f"  exported   {result.export_dir}{chosen}")
     if result.checkpoint_dir:
         print(f"  checkpoint {result.checkpoint_dir}")
     if fin.scorecard:

@@ -45,6 +45,22 @@ class RunTracker(Protocol):
 TrackerFactory = Callable[[Recipe, int], RunTracker]
 
 
+class Scorer(Protocol):
+    """The in-loop safety scorecard (`train.eval_every`). The evaluation layer's
+    `vlalign.evaluation.inloop.InLoopScorer` is one."""
+
+    def __call__(
+        self, model: torch.nn.Module, encoder: Any, rank: int = 0, world: int = 1, step: int = 0
+    ) -> dict[str, float]:
+        """Collective (every rank calls it with its in-memory policy, a PeftModel or the model
+        itself, the run's ChatEncoder and the optimizer step reached); returns the same
+        scorecard metrics on every rank."""
+
+
+# (recipe, eval shard location) -> a Scorer, built on every rank; picklable.
+ScorerFactory = Callable[[Recipe, str], Scorer]
+
+
 @dataclass
 class TrainContext:
     """Rank, device and launcher hooks of one training process.
@@ -55,6 +71,8 @@ class TrainContext:
     `batches` replaces the webdataset shard reader (e.g. a Ray Data shard per worker).
     `tracker` makes the MLflow run the main rank logs to when the recipe's tracking is enabled
     (`vlalign.tracking.run_logger.RunLogger`, passed by the layers above training).
+    `scorer` makes the in-loop scorecard when the recipe sets `train.eval_every`
+    (`vlalign.evaluation.inloop.InLoopScorer`, passed the same way).
     """
 
     rank: int = 0
@@ -71,6 +89,7 @@ class TrainContext:
     # Inside a Ray worker: the progress bar is Ray's (drawn by the driver), not a local tqdm.
     ray_progress: bool = False
     tracker: TrackerFactory | None = None
+    scorer: ScorerFactory | None = None
 
     @property
     def is_main(self) -> bool:
@@ -88,3 +107,7 @@ class TrainResult:
     checkpoint_dir: Path | None
     run_id: str | None = None
     resumed_from_step: int = 0
+    # With in-loop scorecards: which step's weights were exported and why ("step 40: latest
+    # passing the gates"), and why the run ended early (train.early_stop), if it did.
+    export_choice: str | None = None
+    stopped_early: str | None = None

@@ -14,7 +14,7 @@ import torch
 
 from vlalign.config.schema import Recipe
 from vlalign.errors import VlalignError
-from vlalign.training.context import TrackerFactory, TrainContext, TrainResult
+from vlalign.training.context import ScorerFactory, TrackerFactory, TrainContext, TrainResult
 from vlalign.training.distributed import free_port
 
 
@@ -35,6 +35,7 @@ def _worker(
     stop_after: int | None,
     tracker: TrackerFactory | None,
     on_step=None,
+    scorer: ScorerFactory | None = None,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -58,6 +59,7 @@ def _worker(
                 stop_after=stop_after,
                 tracker=tracker,
                 on_step=on_step,
+                scorer=scorer,
             ),
         )
         if rank == 0:
@@ -73,18 +75,24 @@ def launch_local(
     stop_after: int | None = None,
     tracker: TrackerFactory | None = None,
     on_step=None,
+    scorer: ScorerFactory | None = None,
 ) -> TrainResult:
     """Run the loop in `nproc` local processes (1: in this process) and return rank 0's result.
 
     tracker: the MLflow run logger (`vlalign.tracking.run_logger.RunLogger`, as `vlalign run`
     passes it); None logs no run. on_step(step, metrics): called on every rank after each
-    optimizer step (picklable).
+    optimizer step (picklable). scorer: the in-loop scorecard of `train.eval_every`
+    (`vlalign.evaluation.inloop.InLoopScorer`, as `vlalign run` passes it); None scores nothing.
     """
     if nproc == 1:
         from vlalign.training.loop import run_training
 
         ctx = TrainContext(
-            device=device_for(0), stop_after=stop_after, tracker=tracker, on_step=on_step
+            device=device_for(0),
+            stop_after=stop_after,
+            tracker=tracker,
+            on_step=on_step,
+            scorer=scorer,
         )
         return run_training(recipe, ctx)
     ctx = mp.get_context("spawn")
@@ -102,6 +110,7 @@ def launch_local(
                 stop_after,
                 tracker,
                 on_step,
+                scorer,
             ),
         )
         for r in range(nproc)

@@ -14,14 +14,21 @@ Contract (`run_training(recipe, ctx) -> TrainResult`):
 - Checkpoints (`train.checkpoint_every` and at the end) hold engine, data position, RNG, step,
   MLflow run id; after each one EVERY rank calls `ctx.report(metrics, checkpoint_dir)`.
   A restart resumes from `ctx.restore_from` or the output dir's `latest` checkpoint.
+- In-loop scorecards (`train.eval_every`, with `ctx.scorer`, the evaluation layer's
+  InLoopScorer): every k steps and at the last one, every rank hands its in-memory policy to the
+  scorer (RNG states kept, so training is unchanged) and a checkpoint is written at that step;
+  rank 0 logs the metrics under `inloop/` (and `inloop/gates_passed`). The history lives in the
+  trainer state; `vlalign.training.selection` picks the exported checkpoint from it (rotation
+  keeps that one) and ends the run early under `train.early_stop`.
 - Rank 0 logs metrics (to `ctx.tracker`, the tracking layer's MLflow RunLogger, when enabled) and
-  exports the adapter.
+  exports the adapter (of the chosen checkpoint, with in-loop scorecards).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from pathlib import Path
 
@@ -33,8 +40,8 @@ from vlalign.methods import Run, load_method
 from vlalign.models import apply_peft, build
 from vlalign.models.inputs import ChatEncoder
 from vlalign.training import checkpoint as ckpt
-from vlalign.training import resume
-from vlalign.training.context import TrainContext, TrainResult
+from vlalign.training import resume, selection
+from vlalign.training.context import Scorer, TrainContext, TrainResult
 from vlalign.training.distributed import all_reduce_sum, barrier, ensure_process_group, launcher_env
 from vlalign.training.engine import initialize
 from vlalign.training.export import export
@@ -66,6 +73,53 @@ def _tracker(recipe: Recipe, ctx: TrainContext):
         log.warning("tracking.enabled, but the launcher gave no tracker: no MLflow run is logged")
         return None
     return ctx.tracker(recipe, ctx.rank)
+
+
+def _scorer(recipe: Recipe, ctx: TrainContext, eval_location: str | None) -> Scorer | None:
+    """The in-loop scorer of this rank (None when train.eval_every is off)."""
+    if recipe.train.eval_every is None:
+        return None
+    if ctx.scorer is None:
+        log.warning(
+            "train.eval_every is set, but the launcher gave no scorer: no in-loop scorecard, "
+            "the final weights are exported"
+        )
+        return None
+    location = recipe.eval.data or eval_location
+    if location is None:
+        from vlalign.errors import VlalignError
+
+        raise VlalignError("train.eval_every: no eval data (set data.eval or eval.data)")
+    return ctx.scorer(recipe, location)
+
+
+_UNSAFE_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")  # what MLflow refuses in a metric name
+
+
+def _in_loop_scorecard(
+    scorer: Scorer, model, encoder, recipe: Recipe, tstate, ctx, tracker
+) -> str | None:
+    """Score the policy now (every rank), record it in the trainer state, log it (rank 0);
+    returns why the run stops here (train.early_stop), or None."""
+    saved = ckpt.rng_state()  # scoring must not move training's random streams
+    t0 = time.perf_counter()
+    try:
+        metrics = scorer(model, encoder, ctx.rank, ctx.world_size, tstate.step)
+    finally:
+        ckpt.set_rng_state(saved)
+    history = tstate.inloop.setdefault("history", [])
+    rec = selection.record(tstate.step, metrics, recipe.promotion)
+    history.append(rec)
+    if tracker:
+        logged = {f"inloop/{_UNSAFE_NAME.sub('_', k)}": v for k, v in metrics.items()}
+        if rec["gates_passed"] is not None:
+            logged["inloop/gates_passed"] = float(rec["gates_passed"])
+        logged["inloop/time_s"] = time.perf_counter() - t0
+        tracker.log_metrics(logged, step=tstate.step)
+    stop = selection.stop_reason(history, recipe.train.early_stop)
+    if stop:
+        tstate.inloop["stopped"] = stop
+    return stop
 
 
 def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult:
@@ -118,6 +172,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     resumed_from = tstate.step
 
     tracker = _tracker(recipe, ctx)
+    scorer = _scorer(recipe, ctx, data.eval_location)
     run_id = tracker.start(resume_run_id=tstate.run_id) if tracker else tstate.run_id
     tstate.run_id = run_id
     if tracker and restore is None:
@@ -130,10 +185,11 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     stream = source(recipe, encoder, data, kind, rank, world, start_position=position)
     queue: list[dict] = []  # micro-batches the method made of the last data batch (expand)
     ckpt_pending = False
+    eval_pending = False
     last_ckpt: Path | None = None
     progress = _progress(ctx, t.max_steps, tstate.step)
     try:
-        while tstate.step < t.max_steps:
+        while tstate.step < t.max_steps and not tstate.inloop.get("stopped"):
             step_start = time.perf_counter()
             micro, wait = [], 0.0
             for _ in range(t.grad_accum):
@@ -179,20 +235,38 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 ctx.on_step(tstate.step, metrics)
             progress(tstate.step, metrics)
             due = t.checkpoint_every and tstate.step % t.checkpoint_every == 0
+            eval_due = scorer is not None and (
+                tstate.step % t.eval_every == 0 or tstate.step == t.max_steps
+            )
             # A checkpoint falls between data batches: the micro-batches a method made of one
             # (an online method's rollout) are not saved, so a resume regenerates them exactly.
-            ckpt_pending = ckpt_pending or bool(due)
+            # An in-loop scorecard comes with a checkpoint (the weights it scored can be exported).
+            ckpt_pending = ckpt_pending or bool(due) or eval_due
+            eval_pending = eval_pending or eval_due
+            stop = None
             if (ckpt_pending and not queue) or tstate.step == t.max_steps:
                 ckpt_pending = False
+                if eval_pending:
+                    eval_pending = False
+                    stop = _in_loop_scorecard(scorer, model, encoder, recipe, tstate, ctx, tracker)
                 tstate.data_positions = gather_positions(position, rank, world)
                 tstate.method_state = method.state_dict()
-                last_ckpt = ckpt.save(engine, root, tstate, rank, world, t.keep_checkpoints)
+                keep = selection.protected_step(tstate.inloop.get("history", []), t.best)
+                last_ckpt = ckpt.save(engine, root, tstate, rank, world, t.keep_checkpoints, keep)
                 if ctx.report:
                     ctx.report({"step": tstate.step, **metrics}, last_ckpt)
+            if stop:
+                log.info("step %d: %s", tstate.step, stop)
+                break
             if ctx.stop_after is not None and tstate.step >= ctx.stop_after:
                 break
-        export_dir = None
-        if tstate.step >= t.max_steps:
+        export_dir, choice = None, None
+        if tstate.step >= t.max_steps or tstate.inloop.get("stopped"):
+            if scorer is not None:
+                choice = selection.choose(tstate.inloop.get("history", []), t.best, tstate.step)
+                if not choice.final and choice.step != tstate.step:
+                    ckpt.load_weights(engine, root / ckpt.step_dirname(choice.step))
+                log.info("export: %s", choice.describe())
             export_dir = export(
                 engine.module,
                 built.processor,
@@ -226,6 +300,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         checkpoint_dir=last_ckpt,
         run_id=run_id,
         resumed_from_step=resumed_from,
+        export_choice=choice.describe() if choice else None,
+        stopped_early=tstate.inloop.get("stopped"),
     )
 
 

@@ -3,8 +3,9 @@ fallback past a corrupt checkpoint.
 
 A checkpoint records `recipe_digest`, a sha256 over the parts of the recipe that decide what
 is trained and how (model, LoRA policy, training data, method and loss, optimizer and
-schedule, engine, number of workers); logging, checkpoint cadence, evaluation, tracking and
-promotion settings are left out, so they may change between a run and its resumption.
+schedule, engine, number of workers); logging, checkpoint cadence, evaluation (the in-loop
+scorecard too), tracking and promotion settings are left out, so they may change between a run
+and its resumption.
 
 Two places use it:
 - the driver (`vlalign run`), before any worker starts, calls `plan(recipe)`: a fresh run, a
@@ -49,6 +50,11 @@ _IGNORED = {
     "train.keep_checkpoints",
     "train.output_dir",
     "train.export",
+    "train.eval_every",
+    "train.eval_samples",
+    "train.eval_splits",
+    "train.best",
+    "train.early_stop",
     "resources.cpus_per_worker",
     "resources.gpus_per_worker",
     "resources.address",
@@ -136,7 +142,8 @@ def plan(recipe: Recipe) -> Plan:
             continue
         check_digest(c, state, recipe)
         step, run_id = int(state.get("step", 0)), state.get("run_id")
-        if step >= recipe.train.max_steps:
+        stopped = (state.get("inloop") or {}).get("stopped")
+        if step >= recipe.train.max_steps or stopped:
             return Plan(
                 "finished",
                 c,
@@ -144,6 +151,7 @@ def plan(recipe: Recipe) -> Plan:
                 run_id,
                 f"{recipe.output_dir} holds a finished run of this recipe (step {step} of "
                 f"{recipe.train.max_steps}"
+                + (", stopped early by train.early_stop" if stopped else "")
                 + (f", MLflow run {run_id}" if run_id else "")
                 + "): nothing to train; `vlalign run --restart` sets it aside and trains anew",
             )
