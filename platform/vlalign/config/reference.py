@@ -7,6 +7,7 @@ the markers below.
 from __future__ import annotations
 
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def _type_name(ann) -> str:
     if ann is type(None):
         return "null"
     return getattr(ann, "__name__", str(ann))
+
+
+def _section_of(ann) -> type[BaseModel] | None:
+    """The section type of a field: `Section` or `Section | None`; None for anything else
+    (a list of sections, such as promotion.gates, has rows of its own)."""
+    members = (
+        typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else ()
+    )
+    for a in (ann, *members):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
 
 
 def _default(field) -> str:
@@ -109,8 +122,8 @@ def render_reference() -> str:
             lines.append(
                 f"| `{name}.{n}` | {_type_name(f.annotation)} | {_default(f)} | {f.description} |"
             )
-            sub = f.annotation
-            if isinstance(sub, type) and issubclass(sub, BaseModel):  # a nested section
+            sub = _section_of(f.annotation)
+            if sub is not None:  # a nested section (or one that may be null)
                 for sn, sf in sub.model_fields.items():
                     lines.append(
                         f"| `{name}.{n}.{sn}` | {_type_name(sf.annotation)} | {_default(sf)} | {sf.description} |"
