@@ -179,13 +179,18 @@ class _SplitWriter:
         return self.shards
 
     def abort(self) -> None:
+        """Drop the unfinished shard. Never raises an OS error: on a full disk, closing the
+        file fails again (its buffered bytes cannot be flushed), and those bytes are being
+        discarded anyway; the error that caused the abort is the one to report."""
         if self._tar is not None:
             with contextlib.suppress(Exception):
                 self._tar.close()
         if self._file is not None:
-            self._file.close()
-        if self._tmp is not None and self._tmp.exists():
-            self._tmp.unlink()
+            with contextlib.suppress(OSError):
+                self._file.close()  # the descriptor is closed even when the flush fails
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
         self._tar = self._file = self._tmp = None
 
 

@@ -277,6 +277,12 @@ REWARDS: dict[str, RewardInfo] = {
             True,
         ),
         RewardInfo("judge", "a VLM judge / guard prompted for a verdict on the answer", True),
+        RewardInfo(
+            "validity",
+            "text validity guard: degenerate text (empty, repeated words/characters/patterns) "
+            "scores `invalid`, valid text `valid`; pairs a learned reward with what it never saw",
+            False,
+        ),
     )
 }
 

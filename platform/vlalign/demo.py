@@ -326,7 +326,8 @@ def _learned_judges(
         )
         exports[judge] = result.export_dir
     return [
-        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}]",
+        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}, "
+        "{name: validity, weight: 10.0}]",
         f"method.costs=[{{name: cost_model, model: '{exports['cost']}'}}]",
     ]
 

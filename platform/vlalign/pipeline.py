@@ -4,7 +4,9 @@
 the safety evaluation of the exported policy on the recipe's eval shards (or the synthesized
 eval split) writes a scorecard under `<output_dir>/eval/final/`; the same MLflow run is resumed
 to log the scorecard and the model, register a version (alias `candidate`) when the recipe names
-a registered model, and try promotion when `promotion.auto` is set.
+a registered model, and try promotion when `promotion.auto` is set. `vlalign run` then writes
+the run's publish marker (`vlalign.training.resume.mark_published`); a run whose finish step
+crashed has none, and the next `vlalign run` does this step again without training.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class FinishResult:
     version: str | None = None
     promoted: bool = False
     refusal: str | None = None
+    already_registered: bool = False  # this MLflow run had a version already: none was added
 
 
 def eval_location(recipe: Recipe) -> str | None:
@@ -60,6 +63,7 @@ def finish_run(recipe: Recipe, result: TrainResult, evaluate_export: bool = True
         card_path if card_path and card_path.is_file() else card,
     )
     fin.model_uri, fin.version = pub.model_uri, pub.version
+    fin.already_registered = pub.already_registered
     fin.promoted = pub.promoted is not None
     fin.refusal = str(pub.refused) if pub.refused is not None else None
     return fin

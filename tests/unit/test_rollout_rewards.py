@@ -23,6 +23,7 @@ from vlalign.rollout.rewards import (
     RewardError,
     RewardModelReward,
     RewardSample,
+    ValidityReward,
     build_reward,
     normalized_sum,
     score,
@@ -84,6 +85,27 @@ def _exported_reward_model(name: str, cache: str, out_dir) -> RewardModel:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     export(rm, built.processor, recipe, built.family, out_dir, rank=0, zero_stage=0)
     return rm.eval()
+
+
+def test_validity_reward_scores_degenerate_text_whatever_the_label() -> None:
+    """valid text -> 0 (refusal or help, harmful or benign or unlabeled); "I I I ..." (a repeated
+    word: what RL found against a learned reward model), "Happyeeeeeeee" (repeated characters)
+    and empty text -> -1. Weighted with a learned reward whose spread is below the weight,
+    a degenerate answer loses to every valid one in its group."""
+    samples = [
+        sample(REFUSE, {"harmful": True}),
+        sample(HELP, {"harmful": False}),
+        sample(HELP, {}),
+        sample("I " * 24, {"harmful": True}),
+        sample("Happyeeeeeeeeeeeeegin slowegin slowe", {"harmful": False}),
+        sample("", {}),
+    ]
+    assert ValidityReward()(samples).tolist() == [0, 0, 0, -1, -1, -1]
+    assert build_reward("validity", invalid=-10.0)(samples).tolist() == [0, 0, 0, -10, -10, -10]
+    learned = {"reward_model": torch.tensor([1.0, 0.8, 0.0, 2.0, 4.8, 0.0])}
+    learned["validity"] = ValidityReward()(samples)
+    total, _ = weighted_sum(learned, {"reward_model": 1.0, "validity": 10.0})
+    assert total[3:].max() < total[:3].min()
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3"])
@@ -200,6 +222,6 @@ def test_score_runs_every_reward_and_checks_shapes() -> None:
     assert m["reward/refusal_rule/mean"] == 0.0
     with pytest.raises(RewardError, match="shape"):
         score({"bad": lambda s: torch.zeros(3)}, samples)
-    assert set(REWARDS) == {"refusal_rule", "reward_model", "judge"}
+    assert set(REWARDS) == {"refusal_rule", "reward_model", "judge", "validity"}
     with pytest.raises(RewardError, match="valid: refusal_rule"):
         build_reward("bleu")

@@ -16,7 +16,10 @@ trainer's new adapter weights reach the generator; returns the parity metrics).
   `WeightSyncError` naming the actor and the numbers. Every rollout call carries the current
   version and the latest update's ref, so an actor Ray restarted after a crash
   (`max_restarts`, `max_task_retries`: the interrupted call is retried) reloads the weights
-  first and regenerates the same samples.
+  first and regenerates the same samples. When an actor's whole node is lost, Ray keeps calling
+  the dead address until its health check declares the node dead (seconds), which can use up
+  `max_task_retries` first ("actor temporarily unavailable"): such a call is submitted again,
+  once a second, until the restarted actor answers (at most UNAVAILABLE_WAIT_S).
 
 Ray is imported only by `RayBackend`. The actors live in the Ray cluster the process is
 connected to (Ray Train workers: the run's cluster). In a process without Ray (`vlalign run
@@ -27,8 +30,9 @@ connected to (Ray Train workers: the run's cluster). In a process without Ray (`
 from __future__ import annotations
 
 import math
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -43,6 +47,7 @@ from vlalign.rollout.weights import AdapterUpdate, ParityResult, WeightSyncError
 
 MAX_RESTARTS = 4  # Ray restarts of one rollout actor before the run fails
 MAX_TASK_RETRIES = 4  # retries of a rollout/sync call interrupted by an actor's death
+UNAVAILABLE_WAIT_S = 300.0  # how long a call waits for an actor Ray restarts after a node loss
 
 
 @runtime_checkable
@@ -159,6 +164,33 @@ def _get(refs: list) -> list:
         raise
 
 
+def _call_all(calls: Sequence[Callable[[], object]], what: str) -> list:
+    """Submit each call (one remote call on one actor: returns its ObjectRef) and get the
+    results in order. A call whose actor is temporarily unavailable (its node was lost and Ray
+    has not restarted it yet; see the module docstring) is submitted again once a second until
+    it answers; after UNAVAILABLE_WAIT_S a VlalignError names the actor."""
+    from ray.exceptions import ActorUnavailableError
+
+    refs = [call() for call in calls]
+    results: list = []
+    deadline = time.monotonic() + UNAVAILABLE_WAIT_S
+    for i, call in enumerate(calls):
+        while True:
+            try:
+                results.append(_get([refs[i]])[0])
+                break
+            except ActorUnavailableError as e:
+                if time.monotonic() > deadline:
+                    raise VlalignError(
+                        f"{what}: rollout actor {i} has been unavailable for "
+                        f"{UNAVAILABLE_WAIT_S:.0f} s (its node lost and no room to restart it?): "
+                        f"{e}"
+                    ) from None
+                time.sleep(1.0)
+                refs[i] = call()
+    return results
+
+
 def parity_metrics(results: Sequence[ParityResult]) -> dict[str, float]:
     """The worst actor's parity metrics; `WeightSyncError` naming the actor, the difference and
     the tolerance when one actor's probe log-probs are off."""
@@ -231,7 +263,9 @@ class RayBackend:
         import ray
 
         ref = ray.put(update)
-        results: list[ParityResult] = _get([a.sync.remote(ref) for a in self.actors])
+        results: list[ParityResult] = _call_all(
+            [lambda a=a: a.sync.remote(ref) for a in self.actors], f"weight sync v{update.version}"
+        )
         self.latest, self.version = ref, update.version
         self.last_parity = results
         return parity_metrics(results)
@@ -241,11 +275,11 @@ class RayBackend:
 
         latest = [self.latest] if self.latest is not None else []
         chunks = split_evenly(len(prompts), len(self.actors))
-        refs = [
-            a.rollout.remote(list(prompts[s:e]), step, self.version, latest)
+        calls = [
+            lambda a=a, s=s, e=e: a.rollout.remote(list(prompts[s:e]), step, self.version, latest)
             for a, (s, e) in zip(self.actors, chunks, strict=False)
         ]
-        parts = _get(refs)
+        parts = _call_all(calls, f"rollout of step {step}")
         return rollout_to(concat_rollouts(parts, self.pad_id), self.device)
 
     def close(self) -> None:

@@ -13,6 +13,12 @@ model). Built-ins:
 - ``reward_model`` (`RewardModelReward`): a vlalign-trained VLM reward model (method ``reward``,
   exported by `vlalign.training.export`: PEFT adapter + ``value_head.safetensors``), scoring the
   whole (image, prompt, response) conversation with the image.
+- ``validity`` (`ValidityReward`): ``valid`` (0) for valid text, ``invalid`` (-1) for degenerate
+  text (`vlalign.safety.validity`). A learned reward model was trained on the preference set's
+  answers only and can score gibberish above them (measured on the synthetic set: "I I I ..."
+  to a harmful request outscored the compliant answer, "Happyeeeee..." to a benign one outscored
+  the helpful answer); RL finds such text within tens of steps. With a weight above the learned
+  reward's spread, this guard makes degenerate text lose every group comparison.
 - ``judge`` (`JudgeReward`): a VLM asked a template question about (image, prompt, response)
   whose answer is a verdict word; the reward is P(yes) / (P(yes) + P(no)) from the judge's
   log-probs of the two verdicts as its reply: deterministic, no sampling, in [0, 1].
@@ -107,6 +113,20 @@ class RefusalRule:
             else:
                 out.append(self.high if r == harmful else self.low)
         return torch.tensor(out, dtype=torch.float32)
+
+
+class ValidityReward:
+    """Degenerate-text guard. -> [N] float32: ``invalid`` for text `text_validity` rejects,
+    ``valid`` otherwise."""
+
+    def __init__(self, *, valid: float = 0.0, invalid: float = -1.0) -> None:
+        self.valid, self.invalid = valid, invalid
+
+    def __call__(self, samples: Sequence[RewardSample]) -> Tensor:
+        return torch.tensor(
+            [self.valid if text_validity(s.response).valid else self.invalid for s in samples],
+            dtype=torch.float32,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +344,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "refusal_rule": RefusalRule,
     "reward_model": RewardModelReward,
     "judge": JudgeReward,
+    "validity": ValidityReward,
 }
 
 

@@ -11,8 +11,9 @@ Layout under `<output_dir>/checkpoints/`::
 
 Every rank calls `save` (DeepSpeed's save is collective). Files go to `.tmp-step-000020/`; after
 a barrier rank 0 renames it and only then moves `latest`, so an interrupted save never becomes
-the restart point. A save that fails for want of space (or any OS error) removes its temp
-folder and raises VlalignError naming the path; the previous checkpoint and `latest` stay.
+the restart point. A save that fails for want of space (or any OS error; torch.save's own
+errors for a failed or short write included) removes its temp folder and raises VlalignError
+naming the path; the previous checkpoint and `latest` stay.
 trainer_state.json also records the recipe digest and method (`vlalign.training.resume`).
 Rotation keeps the `train.keep_checkpoints` newest and the one the run will export.
 """
@@ -109,20 +110,42 @@ def save(
             _prune(root, keep, protect)
     except OSError as e:
         raise _save_failed(root, tmp, e) from None
-    except RuntimeError as e:  # torch.save wraps the OS error ("... file write failed")
-        if "write" not in str(e).lower():
+    except RuntimeError as e:  # torch.save wraps the OS error, or checks what it wrote
+        if not (_disk_full(root) or any(m in str(e).lower() for m in _TORCH_WRITE_ERRORS)):
             raise
         raise _save_failed(root, tmp, e) from None
     barrier()
     return final
 
 
+# How torch.save reports a failed write: the OS error wrapped ("... file write failed"), or, on
+# a short write (a full disk), its zip writer's position check ("unexpected pos N vs M").
+_TORCH_WRITE_ERRORS = ("write", "unexpected pos")
+_FULL_BELOW_BYTES = 1 << 20  # a filesystem with less free space than this counts as full
+
+
+def _disk_full(path: Path) -> bool:
+    """True when the filesystem holding `path` (or its nearest existing parent) is full."""
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free < _FULL_BELOW_BYTES
+            except OSError:
+                return False
+    return False
+
+
 def _save_failed(root: Path, tmp: Path, e: Exception):
     """The error of a checkpoint that could not be written; its temp folder is removed."""
     from vlalign.errors import VlalignError
 
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    elif _disk_full(root):  # measured before the temp folder frees its part
+        reason = f"No space left on device; torch: {str(e).strip()}"
+    else:
+        reason = str(e).strip()
     shutil.rmtree(tmp, ignore_errors=True)
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     prev = latest(root)
     kept = f"; the previous checkpoint {prev} is intact" if prev else ""
     return VlalignError(f"checkpoint {tmp}: cannot write ({reason}){kept}")

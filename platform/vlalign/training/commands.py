@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlalign.errors import VlalignError
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vlalign.config.checks import check_recipe
@@ -41,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     remote = not args.no_ray and (
         args.address or os.environ.get("RAY_ADDRESS") or recipe.resources.address
     )
-    if recipe.resources.gpus_per_worker == 0 and not remote:  # the op is built on this machine
+    trains = start.action != "publish"
+    if trains and recipe.resources.gpus_per_worker == 0 and not remote:  # built here
         from vlalign.training.ds_ops import cpu_comm_op_built, op_cache_dir
 
         if not cpu_comm_op_built():
@@ -50,7 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"communication op before the first step (1-2 min, once; cached in {op_cache_dir()})",
                 flush=True,
             )
-    if args.no_ray:
+    if start.action == "publish":  # training finished; only its publish step is missing
+        from vlalign.training.resume import finished_result
+
+        result = finished_result(recipe, start.checkpoint)
+    elif args.no_ray:
         from vlalign.evaluation.inloop import InLoopScorer
         from vlalign.training.launch import launch_local
 
@@ -60,13 +67,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         result = run_on_ray(recipe, address=args.address)
     from vlalign.pipeline import finish_run
+    from vlalign.training.resume import mark_published
 
-    fin = finish_run(recipe, result, evaluate_export=not args.no_eval)
+    finished = len(result.losses) >= recipe.train.max_steps or bool(result.stopped_early)
+    try:
+        fin = finish_run(recipe, result, evaluate_export=not args.no_eval)
+    except Exception as e:  # training is safe in its checkpoint: say how to finish the job
+        if not finished:
+            raise
+        reason = str(e) if isinstance(e, VlalignError) else f"{type(e).__name__}: {e}"
+        raise VlalignError(
+            f"{recipe.name}: training finished (step {len(result.losses)} of "
+            f"{recipe.train.max_steps}, checkpoint {result.checkpoint_dir}) but its evaluation "
+            f"or publishing failed: {reason}. Once that is fixed, run the same command again: "
+            "it evaluates and publishes the run without training"
+        ) from e
+    if finished:
+        mark_published(
+            recipe,
+            len(result.losses),
+            result.run_id,
+            evaluated=fin.scorecard is not None,
+            scorecard=str(fin.scorecard_path) if fin.scorecard_path else None,
+            registered_model=recipe.tracking.registered_model if fin.version else None,
+            version=fin.version,
+        )
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"done: {recipe.name}: {len(result.losses) - result.resumed_from_step} steps this run "
         f"(step {len(result.losses)} of {recipe.train.max_steps}), "
         f"final loss {last.get('loss', float('nan')):.4f}"
+        + (", published now" if start.action == "publish" else "")
     )
     if result.stopped_early:
         print(f"  stopped    early at step {len(result.losses)}: {result.stopped_early}")
@@ -87,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if fin.promoted
             else (f"not promoted: {fin.refusal}" if fin.refusal else "alias candidate")
         )
+        if fin.already_registered:
+            state = "registered before from this MLflow run (no second version)"
         print(f"  registry   {recipe.tracking.registered_model} v{fin.version}: {state}")
     if result.run_id:
         print(f"  mlflow run {result.run_id}  (see it with `vlalign ui`)")

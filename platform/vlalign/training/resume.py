@@ -10,11 +10,20 @@ and its resumption.
 Two places use it:
 - the driver (`vlalign run`), before any worker starts, calls `plan(recipe)`: a fresh run, a
   resumption (said plainly, with the step), a finished run (nothing to train; `--restart`
-  sets the old run aside and trains anew), or a refusal when the output directory holds a
-  checkpoint of a different recipe;
+  sets the old run aside and trains anew), a finished run whose publish step did not complete
+  (see below), or a refusal when the output directory holds a checkpoint of a different recipe;
 - each training process calls `restore(engine, recipe, root, restore_from, rank)` (in the
   loop, where it resumes): the same digest check, then the newest checkpoint that loads on
   every rank; a corrupt one is named and skipped for the previous good one.
+
+Publishing. After training, `vlalign run` evaluates the export and logs and registers it
+(`vlalign.pipeline.finish_run`); when that completes, the driver writes `<output_dir>/
+published.json` (`mark_published`: the final step, the MLflow run, what was published). A
+finished checkpoint without a marker for its step and run is a run whose evaluation or
+registration crashed (a missing eval split, an unreachable MLflow store, a killed driver):
+`plan` answers "publish", and `vlalign run` does only that step again, from the final
+checkpoint's state and the export, without training (registration never makes a second
+version of one MLflow run: `vlalign.tracking.publish.version_of_run`).
 """
 
 from __future__ import annotations
@@ -22,14 +31,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vlalign.config.schema import Recipe
 from vlalign.errors import VlalignError
 from vlalign.training import checkpoint as ckpt
+from vlalign.training.context import TrainResult
 
 log = logging.getLogger("vlalign.train")
 
@@ -124,11 +136,42 @@ def check_digest(checkpoint: Path, state: dict, recipe: Recipe) -> None:
 class Plan:
     """What `vlalign run` will do with the recipe's output directory."""
 
-    action: str  # "fresh" | "resume" | "finished"
+    action: str  # "fresh" | "resume" | "publish" | "finished"
     checkpoint: Path | None = None
     step: int = 0
     run_id: str | None = None
     message: str = ""
+
+
+PUBLISHED = "published.json"  # <output_dir>/published.json: the run's publish step completed
+
+
+def published(recipe: Recipe, step: int, run_id: str | None) -> dict[str, Any] | None:
+    """The publish marker of the run that ended at `step` in MLflow run `run_id`, or None (no
+    marker, an unreadable one, or one of another run, e.g. before a `--restart`)."""
+    try:
+        data = json.loads((Path(recipe.output_dir) / PUBLISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("step") != step or data.get("run_id") != run_id:
+        return None
+    return data
+
+
+def mark_published(recipe: Recipe, step: int, run_id: str | None, **details: Any) -> Path:
+    """Write the publish marker (atomically) once the run's publish step completed; `details`
+    (JSON values) record what was published."""
+    out = Path(recipe.output_dir)
+    data = {
+        "step": step,
+        "run_id": run_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **details,
+    }
+    tmp = out / f".{PUBLISHED}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, out / PUBLISHED)
+    return out / PUBLISHED
 
 
 def plan(recipe: Recipe) -> Plan:
@@ -143,17 +186,29 @@ def plan(recipe: Recipe) -> Plan:
         check_digest(c, state, recipe)
         step, run_id = int(state.get("step", 0)), state.get("run_id")
         stopped = (state.get("inloop") or {}).get("stopped")
-        if step >= recipe.train.max_steps or stopped:
+        done = step >= recipe.train.max_steps or bool(stopped)
+        where = (
+            f"step {step} of {recipe.train.max_steps}"
+            + (", stopped early by train.early_stop" if stopped else "")
+            + (f", MLflow run {run_id}" if run_id else "")
+        )
+        if done and published(recipe, step, run_id) is None:
+            return Plan(
+                "publish",
+                c,
+                step,
+                run_id,
+                f"{recipe.output_dir} holds a finished run of this recipe ({where}) whose "
+                "evaluation and publishing did not complete: doing them now, without training",
+            )
+        if done:
             return Plan(
                 "finished",
                 c,
                 step,
                 run_id,
-                f"{recipe.output_dir} holds a finished run of this recipe (step {step} of "
-                f"{recipe.train.max_steps}"
-                + (", stopped early by train.early_stop" if stopped else "")
-                + (f", MLflow run {run_id}" if run_id else "")
-                + "): nothing to train; `vlalign run --restart` sets it aside and trains anew",
+                f"{recipe.output_dir} holds a finished run of this recipe ({where}): nothing to "
+                "train; `vlalign run --restart` sets it aside and trains anew",
             )
         return Plan(
             "resume",
@@ -166,8 +221,37 @@ def plan(recipe: Recipe) -> Plan:
     return Plan("fresh", message=f"starting {recipe.output_dir} at step 0")
 
 
+def finished_result(recipe: Recipe, checkpoint: Path) -> TrainResult:
+    """The TrainResult of a finished run, read back from its final checkpoint and export (for
+    a publish step done again). VlalignError when the export it needs is missing or partial."""
+    from vlalign.training.export import EXPORT_MANIFEST
+
+    state = _state(checkpoint)
+    out = Path(recipe.output_dir)
+    export_dir: Path | None = out / "export"
+    if recipe.train.export == "none":
+        export_dir = None
+    elif not (export_dir / EXPORT_MANIFEST).is_file():
+        raise VlalignError(
+            f"{out} holds a finished run (checkpoint {checkpoint.name}) but its export "
+            f"{export_dir} is missing or incomplete (no {EXPORT_MANIFEST}), so it cannot be "
+            f"published; `vlalign run --restart` sets the run aside and trains anew"
+        )
+    step = int(state["step"])
+    return TrainResult(
+        losses=list(state.get("losses", [])),
+        metrics=list(state.get("metrics", [])),
+        output_dir=out,
+        export_dir=export_dir,
+        checkpoint_dir=checkpoint,
+        run_id=state.get("run_id"),
+        resumed_from_step=step,
+        stopped_early=(state.get("inloop") or {}).get("stopped"),
+    )
+
+
 # What a run leaves in its output directory; --restart moves these aside.
-RUN_PARTS = ("checkpoints", "export", "eval", "ray", "reference_cache")
+RUN_PARTS = ("checkpoints", "export", "eval", "ray", "reference_cache", PUBLISHED)
 
 
 def set_aside(recipe: Recipe) -> Path | None:
