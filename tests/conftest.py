@@ -47,10 +47,36 @@ def _uses_ray(path: str) -> bool:
         return False
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the suite in 2 pytest-xdist workers (`--dist loadgroup`); every module
     that may start a Ray cluster goes to one group, so two local Ray clusters never run at once
-    (Ray Train's helpers attach to "the" local cluster and refuse when they find two)."""
+    (Ray Train's helpers attach to "the" local cluster and refuse when they find two).
+    tryfirst: xdist's own hook reads the xdist_group marks to name each test's group, so they
+    must be on the items before it runs (added after, they are ignored silently)."""
     for item in items:
         if _uses_ray(str(item.fspath)):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+class _GroupCheck:
+    """Fails the run when xdist did not group the marked tests (its hook renames each marked
+    test `nodeid@group`; a pytest release that moves the node id breaks that silently, and two
+    Ray clusters then run at once: pytest 9.2 did, so pyproject pins pytest<9.2)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
+            return
+        lost = [
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        ]
+        if lost:
+            raise pytest.UsageError(
+                f"pytest-xdist did not group {len(lost)} tests marked xdist_group (e.g. "
+                f"{lost[0]}): this pytest/pytest-xdist pair breaks --dist loadgroup"
+            )
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_GroupCheck(), "vlalign-xdist-group-check")

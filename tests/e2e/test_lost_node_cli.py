@@ -291,7 +291,16 @@ def test_lost_worker_node_resumes_from_shared_checkpoint(cluster, shards, model_
         head_workers = cluster.nodes[0].running("RayTrainWorker")
         lost_workers = lost.running("RayTrainWorker")
         assert len(head_workers) == 1 and len(lost_workers) == 1, (head_workers, lost_workers)
-        time.sleep(1.0)  # Ray Train's controller registers the reported checkpoint
+        # Ray Train's controller registers the reported checkpoint in its snapshot (a restart
+        # resumes from the snapshot's latest checkpoint; on a busy machine this lags the upload)
+        snapshot = storage / "tiny-sft" / "checkpoint_manager_snapshot.json"
+
+        def registered() -> bool:
+            with contextlib.suppress(OSError):
+                return "step-000002" in snapshot.read_text()
+            return False
+
+        _wait("Ray Train registering the first checkpoint", registered, RUN_TIMEOUT_S, proc)
         assert proc.poll() is None, "the run ended before the node could be lost"
         assert lost.kill() > 3  # raylet, agents, the training worker, ...
         replacement = cluster.add_node(f"worker-{len(cluster.nodes)}")

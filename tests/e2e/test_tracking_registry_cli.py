@@ -254,7 +254,7 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
     version_shot.unlink(missing_ok=True)
     with running(ui, f"{url}/health", tmp_path / "ui.log", cwd=project):
         base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-        for _attempt in range(3):  # a page still loading on a busy machine: render again
+        for _attempt in range(6):  # a page still loading on a busy machine: render again
             dom = subprocess.run(
                 [*base, "--dump-dom", page], capture_output=True, text=True, timeout=120
             ).stdout
@@ -265,7 +265,7 @@ def test_browser_shows_versions_and_aliases_in_the_mlflow_ui(project, tmp_path):
             capture_output=True,
             timeout=120,
         )
-        for _attempt in range(3):
+        for _attempt in range(6):
             version_dom = subprocess.run(
                 [*base, "--dump-dom", version_page], capture_output=True, text=True, timeout=120
             ).stdout

@@ -23,7 +23,7 @@ from vlalign.training.context import TrainContext
 from vlalign.training.export import load_exported
 from vlalign.training.launch import launch_local
 from vlalign.training.loop import run_training
-from vlalign.training.resume import plan
+from vlalign.training.resume import mark_published, plan
 
 SYNTH_CATEGORIES = {"weapons", "drugs", "self_harm", "celebration", "household", "nature"}
 
@@ -199,7 +199,11 @@ def test_early_stop_ends_the_run_once_gates_pass_and_the_metric_stalls(
     assert res.stopped_early is not None and "for 2 in-loop scorecards" in res.stopped_early
     assert res.export_dir is not None
     assert res.export_choice == "step 6: latest passing the gates"
-    assert plan(r).action == "finished"  # `vlalign run` again trains nothing
+    # `vlalign run` again trains nothing: the stopped run counts as finished; it publishes
+    # (run_training alone wrote no publish marker), then, once published, does nothing
+    assert plan(r).action == "publish"
+    mark_published(r, 6, res.run_id)
+    assert plan(r).action == "finished"
 
 
 class HalfScripted(InLoopScorer):

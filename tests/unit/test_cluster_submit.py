@@ -220,3 +220,36 @@ def test_cli_wiring():
     assert parser.parse_args(["jobs", "stop", "ID"]).job_id == "ID"
     with pytest.raises(SystemExit):
         parser.parse_args(["jobs"])  # an action is required
+
+
+class _AgentLater:
+    """A JobSubmissionClient stand-in whose dashboard has no job agent for `busy` calls."""
+
+    def __init__(self, busy: int, error: str = jobs.NO_AGENT + ", please try again later.."):
+        self.busy, self.error, self.calls = busy, error, []
+
+    def submit_job(self, **job):
+        self.calls.append(job)
+        if len(self.calls) <= self.busy:
+            raise RuntimeError(f"Request failed with status code 500: {self.error}")
+        return job["submission_id"]
+
+
+def test_submit_waits_for_a_starting_clusters_job_agent(monkeypatch, capsys):
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    client = _AgentLater(busy=2)
+    job_id = jobs.submit_with_agent_wait(client, submission_id="vlalign-x-1", entrypoint="e")
+    assert job_id == "vlalign-x-1" and len(client.calls) == 3
+    assert capsys.readouterr().err.count("job agent is not up yet") == 1  # said once
+
+
+def test_submit_gives_up_after_the_wait_and_passes_other_errors_at_once(monkeypatch):
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    forever = _AgentLater(busy=10**9)
+    with pytest.raises(RuntimeError, match=jobs.NO_AGENT):
+        jobs.submit_with_agent_wait(forever, wait_s=0.0, submission_id="s", entrypoint="e")
+    assert len(forever.calls) == 1
+    other = _AgentLater(busy=1, error="runtime_env is invalid")
+    with pytest.raises(RuntimeError, match="runtime_env is invalid"):
+        jobs.submit_with_agent_wait(other, submission_id="s", entrypoint="e")
+    assert len(other.calls) == 1

@@ -58,6 +58,38 @@ def ray_errors(address: str) -> Iterator[None]:
         raise VlalignError(f"Ray job API at {address}: {e}") from None
 
 
+NO_AGENT = "No available agent to submit job"  # the head's job agent has not registered yet
+AGENT_WAIT_S = 60.0
+
+
+def submit_with_agent_wait(
+    client: JobSubmissionClient,
+    *,
+    wait_s: float = AGENT_WAIT_S,
+    err: TextIO | None = None,
+    **job: object,
+) -> str:
+    """`client.submit_job(**job)`, retried while the dashboard answers that no job agent is
+    available yet (a cluster that has just started: Ray asks to "try again later"), for up to
+    `wait_s` seconds; any other error, or the same one after `wait_s`, is raised as is."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if NO_AGENT not in str(e) or time.monotonic() >= deadline:
+                raise
+            if not told:
+                print(
+                    f"the cluster's job agent is not up yet: retrying for up to {wait_s:.0f} s",
+                    file=err or sys.stderr,
+                    flush=True,
+                )
+                told = True
+            time.sleep(1.0)
+
+
 def connect(address: str | None) -> JobSubmissionClient:
     """A JobSubmissionClient for the cluster whose dashboard is at `address` (http://HOST:8265)."""
     from ray.job_submission import JobSubmissionClient

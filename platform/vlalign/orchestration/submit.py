@@ -226,7 +226,8 @@ def submit(
     client = jobs.connect(address)
     try:
         with jobs.ray_errors(client.get_address()):
-            job_id = client.submit_job(
+            job_id = jobs.submit_with_agent_wait(
+                client,
                 entrypoint=plan.entrypoint,
                 runtime_env=plan.runtime_env,
                 submission_id=plan.submission_id,
