@@ -32,7 +32,7 @@ from vlalign.config.schema import Recipe
 from vlalign.errors import DataError
 from vlalign.evaluation.metrics import compute_metrics
 from vlalign.evaluation.runner import score_rows
-from vlalign.evaluation.worker import iter_eval_samples
+from vlalign.evaluation.worker import eval_row, iter_eval_samples
 from vlalign.models.generation import GenerationSettings, generate
 from vlalign.safety.refusal import RefusalDetector, make_detector
 from vlalign.training.distributed import broadcast_object, gather_objects
@@ -128,20 +128,7 @@ class InLoopScorer:
             mine = [(i, s) for i, s in enumerate(samples) if i % world == rank]
             answers = generate(model, encoder, [s for _, s in mine], self.settings)
             for (i, s), g in zip(mine, answers, strict=True):
-                rows.append(
-                    {
-                        "split": split,
-                        "index": i,
-                        "key": str(s.get("key", i)),
-                        "prompt": s["prompt"],
-                        "label": s["label"],
-                        "category": str(s.get("category") or "uncategorized"),
-                        "answer": g.text,
-                        "n_tokens": g.n_tokens,
-                        "pair_rewards": None,
-                        "meta": {},
-                    }
-                )
+                rows.append(eval_row(split, i, s, g))
         return rows
 
     def __call__(

@@ -66,6 +66,31 @@ def iter_eval_samples(
         yield i, sample
 
 
+def eval_row(
+    split: str | None,
+    index: int,
+    sample: dict,
+    generated,
+    *,
+    pair_rewards: list[float] | None = None,
+    meta: dict | None = None,
+) -> dict:
+    """One scored prompt as the evaluation's row: where it came from, its answer (None and 0
+    tokens when `generated`, a models.generation result, is None: nothing was generated)."""
+    return {
+        "split": split,
+        "index": index,
+        "key": str(sample.get("key", index)),
+        "prompt": sample["prompt"],
+        "label": sample["label"],
+        "category": str(sample.get("category") or "uncategorized"),
+        "answer": generated.text if generated is not None else None,
+        "n_tokens": generated.n_tokens if generated is not None else 0,
+        "pair_rewards": pair_rewards,
+        "meta": meta or {},
+    }
+
+
 def _device(job: EvalJob) -> str:
     if job.device:
         return job.device
@@ -142,18 +167,14 @@ def evaluate_slice(
         for (i, s), g in zip(batch, answers, strict=True):
             pr = next(rewards) if has_pair(s) and pair_kind else None
             rows.append(
-                {
-                    "split": split,
-                    "index": i,
-                    "key": str(s.get("key", i)),
-                    "prompt": s["prompt"],
-                    "label": s["label"],
-                    "category": str(s.get("category") or "uncategorized"),
-                    "answer": g.text if g is not None else None,
-                    "n_tokens": g.n_tokens if g is not None else 0,
-                    "pair_rewards": list(pr) if pr is not None else None,
-                    "meta": {k: v for k, v in (s.get("meta") or {}).items() if k in ("source",)},
-                }
+                eval_row(
+                    split,
+                    i,
+                    s,
+                    g,
+                    pair_rewards=list(pr) if pr is not None else None,
+                    meta={k: v for k, v in (s.get("meta") or {}).items() if k in ("source",)},
+                )
             )
         if progress is not None:
             progress(len(batch))
