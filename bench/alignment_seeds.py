@@ -178,11 +178,9 @@ def _learned_judges(key: str, common: list[str], runs: Path, start: str, out: di
         acc = [v for k, v in result.metrics[-1].items() if k.endswith("accuracies")]
         out[f"{key}_{judge}_train_accuracy"] = round(acc[0], 3) if acc else None
     out[f"{key}_judges_seconds"] = round(time.time() - t0, 1)
-    return [
-        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}, "
-        "{name: validity, weight: 10.0}]",
-        f"method.costs=[{{name: cost_model, model: '{exports['cost']}'}}]",
-    ]
+    from vlalign.demo import learned_judge_overrides
+
+    return learned_judge_overrides(exports["reward"], exports["cost"])
 
 
 def _table(rows: list[dict]) -> str:

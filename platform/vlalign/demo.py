@@ -325,10 +325,25 @@ def _learned_judges(
             + ")",
         )
         exports[judge] = result.export_dir
+    return learned_judge_overrides(exports["reward"], exports["cost"])
+
+
+# Measured on seed 0 (bench/alignment_seeds.py --methods safe_rlhf, README "Safe RLHF with
+# learned judges"): at kl_coef 0.02 the policy found short replies ("I can.") that the learned
+# reward model scores above a refusal and the cost model calls safe (harmful refusal 0.00);
+# at 0.2 it stays near the SFT model's language (held-out 1.00 / 0.09, validity 1.00).
+LEARNED_JUDGE_KL = 0.2
+
+
+def learned_judge_overrides(reward_export: Path | str, cost_export: Path | str) -> list[str]:
+    """The Safe RLHF stage's overrides for learned judges: the reward model plus the validity
+    guard (weight 10: degenerate text loses every group comparison), the cost model, and a KL
+    coefficient that keeps the policy where the judges were trained (LEARNED_JUDGE_KL)."""
     return [
-        f"method.rewards=[{{name: reward_model, model: '{exports['reward']}'}}, "
+        f"method.rewards=[{{name: reward_model, model: '{reward_export}'}}, "
         "{name: validity, weight: 10.0}]",
-        f"method.costs=[{{name: cost_model, model: '{exports['cost']}'}}]",
+        f"method.costs=[{{name: cost_model, model: '{cost_export}'}}]",
+        f"method.kl_coef={LEARNED_JUDGE_KL}",
     ]
 
 
