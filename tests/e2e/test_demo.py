@@ -165,3 +165,48 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     rl_version = get_version(store, rl_promo["model"], rl_promo["version"])
     assert rl_version.run_id not in (None, mv.run_id)
     assert "eval/grpo/harmful_refusal_rate" in client.get_run(rl_version.run_id).data.metrics
+
+
+def test_demo_safe_rlhf_trains_its_judges_then_the_constrained_policy(tmp_path):
+    """`vlalign demo --method safe-rlhf`: the reward and cost models are trained from the SFT
+    model first, then Safe RLHF on them (reward model + validity guard, cost model, the KL of
+    `learned_judge_overrides`), evaluated, registered and gated like the other methods."""
+    cwd = tmp_path / "clean"
+    cwd.mkdir()
+    exe = Path(sys.executable).with_name("vlalign")
+    tiny = [*TINY[: TINY.index("--method")], "--method", "safe-rlhf", "--rl-steps", "2"]
+    p = subprocess.run(
+        [str(exe), "demo", "--out", str(tmp_path / "demo"), "--seed", "1", *tiny,
+         "--judge-steps", "2"],
+        cwd=cwd,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=1500,
+    )  # fmt: skip
+    shown = p.stdout.decode("utf-8", errors="replace")
+    assert p.returncode == 0, shown[-4000:]
+    lines = [line.rsplit("\r", 1)[-1] for line in shown.rstrip("\n").split("\n")]
+    status = [re.match(r"\[\d\d:\d\d:\d\d \+\d+:\d\d\] (\S+)", line) for line in lines]
+    stages = [m.group(1) for m in status if m]
+    order = [s for s in stages if s in {"sft", "reward", "cost", "safe-rlhf", "registry"}]
+    assert order[:6] == ["sft", "sft", "reward", "reward", "cost", "cost"], order
+    assert order[6:] == ["safe-rlhf", "safe-rlhf", "registry"], order
+    assert "reward model for Safe RLHF on the SFT model, 2 steps" in shown
+
+    demo = tmp_path / "demo"
+    rl = yaml.safe_load((demo / "demo-safe-rlhf" / "export" / "recipe.yaml").read_text())
+    assert rl["method"]["name"] == "safe_rlhf" and rl["train"]["max_steps"] == 2
+    rewards = [(r["name"], r["weight"]) for r in rl["method"]["rewards"]]
+    assert rewards == [("reward_model", 1.0), ("validity", 10.0)]
+    judges = {
+        "reward": rl["method"]["rewards"][0]["model"],
+        "cost": rl["method"]["costs"][0]["model"],
+    }
+    for judge, path in judges.items():
+        assert Path(path) == demo / f"demo-{judge}" / "export", (judge, path)
+        assert (Path(path) / "vlalign_export.json").is_file(), judge
+    assert rl["method"]["kl_coef"] == 0.2
+    summary = json.loads((demo / "demo-summary.json").read_text())
+    assert list(summary["scorecards"]) == ["base", "sft", "safe-rlhf"]
+    assert summary["promotions"]["safe-rlhf"]["version"]
