@@ -66,7 +66,6 @@ def submit_with_agent_wait(
     client: JobSubmissionClient,
     *,
     wait_s: float = AGENT_WAIT_S,
-    err: TextIO | None = None,
     **job: object,
 ) -> str:
     """`client.submit_job(**job)`, retried while the dashboard answers that no job agent is
@@ -83,7 +82,7 @@ def submit_with_agent_wait(
             if not told:
                 print(
                     f"the cluster's job agent is not up yet: retrying for up to {wait_s:.0f} s",
-                    file=err or sys.stderr,
+                    file=sys.stderr,
                     flush=True,
                 )
                 told = True
