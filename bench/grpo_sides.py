@@ -51,7 +51,7 @@ class Variant:
     response_only: bool = True  # logits only from the first response position on
     chunked: bool = True  # log-probs in chunks of positions
     skip_old_forward: bool = False  # on-policy: old log-probs = the update's (TRL's shortcut)
-    merge_lora: bool = False  # LoRA merged into the base weights for the rollout, unmerged after
+    merge_lora: bool = True  # generate with LoRA merged (method.rollout.merge_adapters)
 
 
 VARIANTS = (
@@ -59,14 +59,11 @@ VARIANTS = (
     Variant("no_share_vision", "  - vision tower once per prompt", share_vision=False),
     Variant("no_response_only", "  - response-only logits", response_only=False),
     Variant("no_chunking", "  - chunked log-probs (one chunk)", chunked=False),
-    Variant("skip_old", "  + on-policy old log-probs (no fwd)", skip_old_forward=True),
-    Variant("merged", "  + LoRA merged for the rollout", merge_lora=True),
-    Variant(
-        "merged_skip_old", "  + merged + on-policy old log-probs", merge_lora=True,
-        skip_old_forward=True,
-    ),
+    Variant("no_merge", "  - LoRA merged for generate", merge_lora=False),
+    Variant("skip_old", "  + on-policy old log-probs (no fwd) = default", skip_old_forward=True),
     Variant(
         "naive", "  all off", share_vision=False, response_only=False, chunked=False,
+        merge_lora=False,
     ),
 )  # fmt: skip
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
@@ -238,13 +235,11 @@ class VlalignSide:
 
     def rollout(self, v: Variant) -> list[dict]:
         """expand(batch): rollout + rewards + advantages -> update pieces."""
-        if not v.merge_lora:
-            return self._rollout(v)
-        self.model.merge_adapter()  # W + (alpha/r) B A: generate runs plain linears
-        try:
-            return self._rollout(v)
-        finally:
-            self.model.unmerge_adapter()
+        for m in self.methods.values():  # method.rollout.merge_adapters
+            m.generator.settings = dataclasses.replace(
+                m.generator.settings, merge_adapters=v.merge_lora
+            )
+        return self._rollout(v)
 
     def _rollout(self, v: Variant) -> list[dict]:
         method = self.methods[not v.chunked]

@@ -358,6 +358,12 @@ class RolloutConfig(Section):
         gt=0,
         description="Max |log-prob| difference of a probe sample, trainer vs rollout actor.",
     )
+    merge_adapters: bool = Field(
+        True,
+        description="Generate with the LoRA adapters merged into the base weights (PEFT's "
+        "merge; the exact base weights are restored after, at the cost of holding a copy of the "
+        "adapted ones meanwhile): no per-token adapter path. Ignored under ZeRO-3.",
+    )
 
 
 class GrpoMethod(_MethodBase):

@@ -116,6 +116,7 @@ class Grpo:
             seed=self.seed,
             logprob_chunk=c.logprob_chunk,
             old_logps=not self.on_policy,
+            merge_adapters=c.rollout.merge_adapters and run.recipe.engine.zero_stage != 3,
         )
         self.generator = GenerationEngine(
             run.model,

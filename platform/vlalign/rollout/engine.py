@@ -8,7 +8,9 @@ One `GenerationEngine.rollout(prompts, step)` call:
    (transformers >= 5 `generate` accepts precomputed features for LLaVA, Qwen2-VL and Idefics3:
    without ``pixel_values`` it skips its own encoding; a test checks the vision tower runs once);
 3. generates the N = P * n rows in one batched `generate` (KV cache), rows of a prompt
-   consecutive (prompt p owns rows p*n .. p*n+n-1, the layout `vlalign.losses.policy` expects);
+   consecutive (prompt p owns rows p*n .. p*n+n-1, the layout `vlalign.losses.policy` expects),
+   with the LoRA adapters merged into the base weights for the call (`vlalign.rollout.merging`:
+   the exact base weights are restored after; `SamplingSettings.merge_adapters`);
 4. lays the result out as the trainer will read it (right padding: prompt, response, padding) and
    computes the old policy's per-token log-probs in ONE forward over that batch with the same
    features (`token_forward`), so a trainer forward on the same batch starts at ratio 1.
@@ -42,6 +44,7 @@ from vlalign.logprobs import token_logprobs_from_logits
 from vlalign.losses.policy import entropy_from_logits
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.models.pair_inputs import PIXEL_KEYS, encode_images, image_inputs
+from vlalign.rollout.merging import merged_adapters
 
 NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 
@@ -60,6 +63,10 @@ class SamplingSettings:
     # (one epoch, the whole rollout in one micro-batch) does not need them: its old log-probs
     # are its own, detached (ratio 1), so the caller may skip the pass (old_logps is then None).
     old_logps: bool = True
+    # Generate with the LoRA adapters merged into the base weights (restored exactly after:
+    # `vlalign.rollout.merging`); the old-log-prob pass runs on the unmerged model, as the
+    # trainer's forward does. Off under ZeRO-3 (the caller's choice).
+    merge_adapters: bool = True
 
 
 def sample_seed(seed: int, step: int, key: str, index: int) -> int:
@@ -384,17 +391,18 @@ class GenerationEngine:
             for j in range(n)
         ]
         sampler = RowSampler(seeds, s.temperature, s.top_p, self.placeholder_ids())
-        seqs = model.generate(
-            **gen_in,
-            **lm_images,
-            max_new_tokens=s.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            logits_processor=LogitsProcessorList([sampler]),
-            pad_token_id=self.pad_id,
-        )
+        with merged_adapters(model, s.merge_adapters):
+            seqs = model.generate(
+                **gen_in,
+                **lm_images,
+                max_new_tokens=s.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([sampler]),
+                pad_token_id=self.pad_id,
+            )
         L = batch["input_ids"].shape[1]
         new = seqs[:, L:]  # [N, R]
         layout = self._layout(
