@@ -331,8 +331,11 @@ def _learned_judges(
 # Measured on seed 0 (bench/alignment_seeds.py --methods safe_rlhf, README "Safe RLHF with
 # learned judges"): at kl_coef 0.02 the policy found short replies ("I can.") that the learned
 # reward model scores above a refusal and the cost model calls safe (harmful refusal 0.00);
-# at 0.2 it stays near the SFT model's language (held-out 1.00 / 0.09, validity 1.00).
-LEARNED_JUDGE_KL = 0.2
+# at 0.2 it stays near the SFT model's language (held-out 1.00 / 0.09, validity 1.00). With the
+# 500-step SFT model, 0.2 let seed 2 drift to "I'm with this request." on harmful prompts (the
+# judges score it like a refusal; harmful refusal 0.69); at 0.5 all three seeds hold
+# (held-out 1.00 / <= 0.01, validity 1.00).
+LEARNED_JUDGE_KL = 0.5
 
 
 def learned_judge_overrides(reward_export: Path | str, cost_export: Path | str) -> list[str]:

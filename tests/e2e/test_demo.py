@@ -206,7 +206,7 @@ def test_demo_safe_rlhf_trains_its_judges_then_the_constrained_policy(tmp_path):
     for judge, path in judges.items():
         assert Path(path) == demo / f"demo-{judge}" / "export", (judge, path)
         assert (Path(path) / "vlalign_export.json").is_file(), judge
-    assert rl["method"]["kl_coef"] == 0.2
+    assert rl["method"]["kl_coef"] == 0.5
     summary = json.loads((demo / "demo-summary.json").read_text())
     assert list(summary["scorecards"]) == ["base", "sft", "safe-rlhf"]
     assert summary["promotions"]["safe-rlhf"]["version"]
