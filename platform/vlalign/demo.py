@@ -65,8 +65,10 @@ class DemoPlan:
 
 
 FULL = DemoPlan(pairs=512, eval_pairs=200)
+# --quick: SFT 300 steps, not 150: under the demo's augmentation a 150-step SFT model refused
+# every benign held-out prompt and DPO 120 steps left 0.44 (README "make demo").
 QUICK = DemoPlan(
-    pairs=512, eval_pairs=100, sft_steps=150, dpo_steps=120, rl_steps=60, judge_steps=60
+    pairs=512, eval_pairs=100, sft_steps=300, dpo_steps=120, rl_steps=60, judge_steps=60
 )
 LOG_NAME = "demo.log"
 
