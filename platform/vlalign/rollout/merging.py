@@ -2,14 +2,17 @@
 
 With PEFT's LoRA wrapper every projection runs base linear + A + B (and a little Python) per
 decoded token; merged (W + (alpha / r) B A, PEFT's own `merge`), `generate` runs plain linears.
-On the CPU bench this took the rollout from 1331 to 1035 ms (bench/README.md, "GRPO step").
+On the idle CPU bench this took the rollout from 331 to 296 ms at 64 px and from 854 to 760 ms
+at 128 px (`bench/grpo_step.py`, row `- LoRA merged for generate`; bench/README.md, "GRPO step").
 
 `merged_adapters(model)` merges every active, unmerged LoRA layer, yields, then unmerges (PEFT's
 `unmerge`) and copies back the base weights (and biases) saved before the merge, so no float
 rounding of W + BA - BA is left behind: the trained base is bit-identical afterwards, in bf16 as
 in float32 (tested). The saved copies cost the memory of the adapted base weights while the
-context is open. Not for ZeRO-3 (partitioned weights) or models without LoRA: the context is
-then a no-op.
+context is open. A model without LoRA layers merges nothing (the context is a no-op); under
+ZeRO-3 (partitioned weights) the caller must not enable it (`vlalign.methods.grpo` turns it off).
+Unmerging before the copy-back keeps PEFT's own bookkeeping (merged adapters, DoRA state) right;
+its arithmetic is then overwritten, a cost of one B A per layer per rollout.
 """
 
 from __future__ import annotations
