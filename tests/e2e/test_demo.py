@@ -89,9 +89,15 @@ def test_demo_runs_every_stage_on_ray(tmp_path):
     # ... and everything else in the log
     logged = log.read_text()
     assert "RayTrainWorker" in logged and "Ray Train workers on" in logged
-    # the first DeepSpeed op build gets its own status line (and only then)
+    # the first DeepSpeed op build gets its own status line, and never once the op is cached.
+    # Not "iff": under xdist another test's worker may build the op in the shared
+    # TORCH_EXTENSIONS_DIR between our check and the demo's (tests/unit/test_demo_prebuild.py
+    # pins both branches without the race).
     building = "compiling DeepSpeed's CPU communication op" in shown
-    assert building == (not built_before), (built_before, shown)
+    if built_before:
+        assert not building, shown
+    if building:
+        assert re.search(r"deepspeed +CPU communication op built in \d+ s", shown), shown
 
     # every stage ran and said so, in order, with the Ray cluster started once
     status = [re.match(r"\[\d\d:\d\d:\d\d \+\d+:\d\d\] (\S+)", line) for line in lines]
