@@ -52,6 +52,7 @@ class Variant:
     chunked: bool = True  # log-probs in chunks of positions
     skip_old_forward: bool = False  # on-policy: old log-probs = the update's (TRL's shortcut)
     merge_lora: bool = True  # generate with LoRA merged (method.rollout.merge_adapters)
+    pack_groups: bool = True  # log-prob passes: one packed row per prompt (method.pack_groups)
 
 
 VARIANTS = (
@@ -60,10 +61,11 @@ VARIANTS = (
     Variant("no_response_only", "  - response-only logits", response_only=False),
     Variant("no_chunking", "  - chunked log-probs (one chunk)", chunked=False),
     Variant("no_merge", "  - LoRA merged for generate", merge_lora=False),
+    Variant("no_pack", "  - prompt once per group (packed rows)", pack_groups=False),
     Variant("skip_old", "  + on-policy old log-probs (no fwd) = default", skip_old_forward=True),
     Variant(
         "naive", "  all off", share_vision=False, response_only=False, chunked=False,
-        merge_lora=False,
+        merge_lora=False, pack_groups=False,
     ),
 )  # fmt: skip
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
@@ -152,10 +154,13 @@ def switches(v: Variant):
     share_vision False: every forward that would reuse the per-prompt features (generate's
     prefill, the old-log-prob forward, the update forward) runs the vision tower on its rows'
     own images instead (what passing pixel_values per sample costs). response_only False: the
-    engine's first-scored position is 0, so logits are computed at every position."""
+    engine's first-scored position (the packed rows' first kept position) is 0, so logits are
+    computed at every position."""
     import vlalign.rollout.engine as eng
+    import vlalign.rollout.group_packing as gp
 
     saved = {k: getattr(eng, k) for k in ("encode_images", "features_for_rows", "_first_scored")}
+    saved_start = gp._logits_start
     state = _VISION_STATE  # the last rollout's model and prompt images (read by its update)
     if not v.share_vision:
         real_encode = saved["encode_images"]
@@ -171,11 +176,13 @@ def switches(v: Variant):
         eng.encode_images, eng.features_for_rows = encode, per_row
     if not v.response_only:
         eng._first_scored = lambda labels: 0
+        gp._logits_start = lambda prefix_lens: 0
     try:
         yield
     finally:
         for k, f in saved.items():
             setattr(eng, k, f)
+        gp._logits_start = saved_start
 
 
 class VlalignSide:
@@ -235,11 +242,16 @@ class VlalignSide:
 
     def rollout(self, v: Variant) -> list[dict]:
         """expand(batch): rollout + rewards + advantages -> update pieces."""
-        for m in self.methods.values():  # method.rollout.merge_adapters
-            m.generator.settings = dataclasses.replace(
-                m.generator.settings, merge_adapters=v.merge_lora
-            )
+        self._configure(v)
         return self._rollout(v)
+
+    def _configure(self, v: Variant) -> None:
+        """method.rollout.merge_adapters and method.pack_groups as the variant says."""
+        for m in self.methods.values():
+            m.generator.settings = dataclasses.replace(
+                m.generator.settings, merge_adapters=v.merge_lora, pack_groups=v.pack_groups
+            )
+            m.cfg = m.cfg.model_copy(update={"pack_groups": v.pack_groups})
 
     def _rollout(self, v: Variant) -> list[dict]:
         method = self.methods[not v.chunked]
@@ -247,18 +259,19 @@ class VlalignSide:
             if v.skip_old_forward:
                 import vlalign.rollout.engine as eng
 
-                real = eng.token_forward
-                eng.token_forward = lambda model, ids, *a, **k: torch.zeros(
-                    ids.shape, dtype=torch.float32, device=ids.device
+                real = eng.rollout_logps
+                eng.rollout_logps = lambda model, ro, rows, *a, **k: torch.zeros(
+                    (len(rows), ro.input_ids.shape[1]), dtype=torch.float32
                 )
                 try:
                     return method.expand(self.batch)
                 finally:
-                    eng.token_forward = real
+                    eng.rollout_logps = real
             return method.expand(self.batch)
 
     def update(self, v: Variant, pieces: list[dict]) -> dict:
         """step + backward per piece, then one optimizer step."""
+        self._configure(v)
         method = self.methods[not v.chunked]
         loss, count, resp = 0.0, 0.0, 0.0
         with switches(v), autocast(self.device, self.dtype):

@@ -1,15 +1,20 @@
-"""Training-time augmentation of decoded samples: images (zoom, shift, flip, colour, noise) and
-prompts (a paraphrase the record carries), configured by the recipe's `data.augment`.
+"""Training-time augmentation of decoded samples: images (zoom, shift, flip, colour, colour
+cast, random erasing, noise) and prompts (a paraphrase the record carries), configured by the
+recipe's `data.augment`.
 
 Determinism: every draw comes from one `random.Random` seeded by (seed, epoch, sample key), so
 the same sample in the same epoch of the same run is augmented identically however the run
 was split into workers or resumed, and each epoch sees a new variant. Only the training stream
 (`data_pipeline.reader.BatchStream`) calls this; evaluation never does.
 
-Transforms are PIL's (`Image.transform` AFFINE, `ImageOps.mirror`, `ImageEnhance`, HSV
-conversion) plus numpy noise: PIL is already the decoder of every image here, and these few
-operations need neither torchvision (not installable beside the CPU torch) nor OpenCV (which
-albumentations would bring in, ~50 MB, for the same handful of transforms).
+Transforms, in this order: geometry (`Image.transform` AFFINE, `ImageOps.mirror`), colour
+(`ImageEnhance`, HSV conversion), colour cast (numpy: one additive offset per channel), random
+erasing (`ImageDraw` rectangles of a flat grey-ish colour) and noise (numpy). The colour cast
+and the erasing draw nothing from the sample's random stream when their setting is 0, so a
+recipe without them gets exactly the images it got before they existed. PIL is already the
+decoder of every image here, and these few operations need neither torchvision (not
+installable beside the CPU torch) nor OpenCV (which albumentations would bring in, ~50 MB, for
+the same handful of transforms).
 
 Images keep their size and mode (RGB in, RGB out): a zoom below 1 shrinks the content inside
 the frame and fills the border with the image's mean border colour; above 1 it crops into it.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from vlalign.config.schema import AugmentConfig
 
@@ -74,6 +79,42 @@ def _colour(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image
     return image
 
 
+def _colour_cast(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
+    """Add one offset per channel, each drawn from +- cfg.colour_cast * 255, clipped to 0..255."""
+    if cfg.colour_cast <= 0:
+        return image
+    offsets = np.array(
+        [rng.uniform(-cfg.colour_cast, cfg.colour_cast) * 255.0 for _ in range(3)],
+        dtype=np.float32,
+    )
+    arr = np.asarray(image).astype(np.float32) + offsets
+    return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "RGB")
+
+
+def _erase(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
+    """Random erasing: paste 0..cfg.erase rectangles, each of a random grey-ish flat colour.
+
+    Each side is drawn from 1 px to cfg.erase_size of the image side (at least 1 px); each
+    channel of the fill from 60..200, so a rectangle never forms a saturated cue colour.
+    """
+    if cfg.erase <= 0:
+        return image
+    w, h = image.size
+    max_w = max(1, int(cfg.erase_size * w))
+    max_h = max(1, int(cfg.erase_size * h))
+    count = rng.randint(0, cfg.erase)
+    if count == 0:
+        return image
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for _ in range(count):
+        rw, rh = rng.randint(1, max_w), rng.randint(1, max_h)
+        x0, y0 = rng.randint(0, w - rw), rng.randint(0, h - rh)
+        fill = tuple(rng.randint(60, 200) for _ in range(3))
+        draw.rectangle((x0, y0, x0 + rw - 1, y0 + rh - 1), fill=fill)
+    return image
+
+
 def _noise(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     if cfg.noise <= 0:
         return image
@@ -86,7 +127,9 @@ def _noise(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.
 def augment_image(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     """One augmented copy of an RGB image (same size), every draw from `rng`."""
     image = image.convert("RGB")
-    return _noise(_colour(_geometry(image, cfg, rng), cfg, rng), cfg, rng)
+    for transform in (_geometry, _colour, _colour_cast, _erase, _noise):
+        image = transform(image, cfg, rng)
+    return image
 
 
 def augment_sample(sample: dict, cfg: AugmentConfig, *, seed: int, epoch: int) -> dict:

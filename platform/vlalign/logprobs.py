@@ -77,7 +77,9 @@ def _label_aligned(values: Tensor, rows: Tensor, batch: int, seq: int) -> Tensor
 class _ChunkedLabelLogprob(torch.autograd.Function):
     """log_softmax(logits2d[rows].float()).gather(targets), chunk by chunk, with a matching backward.
 
-    logits2d: [R, V] any float dtype; rows, targets: [N] int64 -> [N] float32.
+    logits2d: [R, V] any float dtype; rows, targets: [N] int64 -> [N] float32. A row may be
+    listed more than once (group packing scores every response's first token from the same
+    prompt position): backward accumulates the row's gradients.
     """
 
     @staticmethod
@@ -109,7 +111,7 @@ class _ChunkedLabelLogprob(torch.autograd.Function):
             # d(x_t - lse)/dx = onehot(t) - softmax(x)
             gx = (x - lse[s : s + chunk_size].unsqueeze(-1)).exp_().mul_(-g)
             gx.scatter_add_(-1, t.unsqueeze(-1), g)
-            grad.index_copy_(0, r, gx.to(grad.dtype))
+            grad.index_add_(0, r, gx.to(grad.dtype))
             del x, gx
         return grad, None, None, None
 
@@ -133,6 +135,18 @@ def token_logprobs_from_logits(
     rows, targets = _scored_rows(labels)
     values = _ChunkedLabelLogprob.apply(logits.reshape(b * t, v), rows, targets, chunk_size)
     return _label_aligned(values, rows, b, t)
+
+
+def logprobs_at(
+    logits2d: Tensor, rows: Tensor, targets: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Tensor:
+    """log p(targets[i] | logits2d[rows[i]]) -> [N] float32, chunk by chunk as above.
+
+    logits2d: [R, V] (flattened positions); rows, targets: [N] int64. Rows may repeat.
+    Differentiable w.r.t. ``logits2d``.
+    """
+    _check_chunk_size(chunk_size)
+    return _ChunkedLabelLogprob.apply(logits2d, rows, targets, chunk_size)
 
 
 def _head_chunk_logprobs(h: Tensor, weight: Tensor, bias: Tensor | None, t: Tensor) -> Tensor:

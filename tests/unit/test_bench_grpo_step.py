@@ -38,7 +38,7 @@ def test_quick_run_writes_the_json_and_both_sides_train(tmp_path, model_cache):
         assert col in header
     names = [r["name"] for r in res["rows"]]
     assert names == ["trl", "vlalign", "no_share_vision", "no_response_only", "no_chunking",
-                     "no_merge", "skip_old", "naive"]  # fmt: skip
+                     "no_merge", "no_pack", "skip_old", "naive"]  # fmt: skip
     c = res["config"]
     B, n, m = c["batch_prompts"], c["num_generations"], c["max_new_tokens"]
     for row in res["rows"]:
@@ -84,9 +84,10 @@ def _side(model_cache):
 
 def test_switches_change_the_work_not_the_results(model_cache):
     """Same rollout seeds under every variant: the same texts and old log-probs; the vision tower
-    runs once per rollout (2 prompts' images in one call) with sharing, and on the rows' own
-    images for generate and the old-log-prob forward (6 rows each) without; the on-policy
-    shortcut gives old log-probs equal to the update's (ratio 1) with no rollout forward."""
+    runs once per rollout (2 prompts' images in one call) with sharing, and without it on the
+    rows' own images for generate (6 rows) and for each log-prob forward (2 packed rows, one per
+    prompt; 6 rows unpacked); the on-policy shortcut gives old log-probs equal to the update's
+    (ratio 1) with no rollout forward."""
     from grpo_sides import VARIANTS
 
     from vlalign.models.lora import vision_prefix
@@ -110,14 +111,16 @@ def test_switches_change_the_work_not_the_results(model_cache):
         batches.clear()
         out = side.update(v, pieces)
         assert math.isfinite(out["loss"])
-        assert batches == ([] if v.share_vision else [6]), v.name  # update fwd: rows' own
+        # update forward: the rows' own images, one per packed row or one per row
+        assert batches == ([] if v.share_vision else [2 if v.pack_groups else 6]), v.name
         if v.skip_old_forward:  # filled in by the update's forward, detached: ratio 1
             ro = pieces[0]["piece"].rollout
             assert (ro.old_logps[ro.response_mask] < 0).all()
     hook.remove()
     texts0, lp0, vis0 = got["vlalign"]
     assert vis0 == [2]  # once per prompt, for the whole rollout
-    assert got["no_share_vision"][2] == [2, 6, 6]  # prompts (split only), generate, old fwd
+    assert got["no_share_vision"][2] == [2, 6, 2]  # prompts (split only), generate, old fwd
+    assert got["naive"][2] == [2, 6, 6]  # ... unpacked: the old forward has 6 rows
     for name, (texts, lp, _) in got.items():
         assert texts == texts0, name
         if "skip_old" not in name:

@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from data_pipeline.augment import augment_image, augment_sample, sample_rng
+from data_pipeline.augment import (
+    _colour,
+    _geometry,
+    _noise,
+    augment_image,
+    augment_sample,
+    sample_rng,
+)
 from data_pipeline.reader import TrainLoader, iter_samples
 from data_pipeline.synth import synthesize
 from vlalign.config.checks import check_recipe
@@ -153,3 +160,83 @@ def test_check_refuses_augment_with_precomputed_reference_or_ray_data():
     assert any("data.augment" in p and "precomputed" in p for p in check_recipe(r))
     with pytest.raises(ValueError, match="scale"):
         AugmentConfig(scale=(1.2, 0.8))
+
+
+def _flat(colour, size=64):
+    return Image.new("RGB", (size, size), colour)
+
+
+def test_new_transforms_off_draw_nothing_and_leave_images_as_before():
+    """erase=0 and colour_cast=0 (the defaults, whatever erase_size says): the output and the
+    rng state afterwards equal those of the pipeline before these transforms existed."""
+    arr = np.random.default_rng(1).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    off = AugmentConfig(enabled=True, erase=0, erase_size=0.4, colour_cast=0.0)
+    assert off.model_dump() == {**ON.model_dump(), "erase_size": 0.4}
+    for key in ("a", "b", "c"):
+        old_rng, new_rng = sample_rng(2, 1, key), sample_rng(2, 1, key)
+        old = img.convert("RGB")
+        for transform in (_geometry, _colour, _noise):
+            old = transform(old, ON, old_rng)
+        assert augment_image(img, ON, sample_rng(2, 1, key)).tobytes() == old.tobytes()
+        assert augment_image(img, off, new_rng).tobytes() == old.tobytes()
+        assert new_rng.getstate() == old_rng.getstate()
+
+
+def test_erase_pastes_small_grey_rectangles():
+    """A pure red image (no channel in 60..200), erase=5, erase_size=0.1 at 64 px: every changed
+    pixel is a grey-ish fill, each fill colour (one per rectangle) covers at most a 6x6 box
+    (int(0.1 * 64)), there are at most 5 of them, and the count varies from image to image."""
+    img = _flat((255, 0, 0))
+    cfg = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, erase=5, erase_size=0.1)
+    counts = []
+    for k in range(40):
+        out = augment_image(img, cfg, sample_rng(0, 0, f"k{k}"))
+        assert out.size == img.size and out.mode == "RGB"
+        arr = np.asarray(out)
+        changed = (arr != (255, 0, 0)).any(-1)
+        assert changed.sum() <= 5 * 6 * 6
+        assert ((arr[changed] >= 60) & (arr[changed] <= 200)).all()
+        fills = {tuple(c) for c in arr[changed]}
+        assert len(fills) <= 5
+        for fill in fills:
+            ys, xs = np.nonzero((arr == fill).all(-1))
+            assert xs.max() - xs.min() + 1 <= 6 and ys.max() - ys.min() + 1 <= 6
+        counts.append(len(fills))
+    assert sum(c > 0 for c in counts) >= 25  # count drawn from 0..5: 0 about 1 time in 6
+    assert min(counts) == 0 and max(counts) >= 4
+    assert img.tobytes() == _flat((255, 0, 0)).tobytes()  # the input is not modified
+
+
+def test_colour_cast_adds_one_clipped_offset_per_channel():
+    cfg = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, colour_cast=0.2)
+    grey, white = _flat((128, 128, 128), 16), _flat((255, 255, 255), 16)
+    signs = set()
+    for k in range(20):
+        out = np.asarray(augment_image(grey, cfg, sample_rng(0, 0, f"k{k}"))).astype(int)
+        assert (out == out[0, 0]).all()  # one constant per channel, over every pixel
+        offsets = out[0, 0] - 128
+        assert (np.abs(offsets) <= 0.2 * 255 + 0.5).all()
+        assert len(set(offsets.tolist())) == 3  # each channel its own offset
+        signs |= set(np.sign(offsets).tolist())
+        lit = np.asarray(augment_image(white, cfg, sample_rng(0, 0, f"k{k}"))).astype(int)
+        assert (lit == np.minimum(255, 255 + offsets)).all()  # clipped, never wrapped
+    assert {-1, 1} <= signs
+
+
+def test_erase_and_colour_cast_are_seeded_by_seed_epoch_and_key(ds):
+    s = next(iter_samples(ds, "train"))
+    cfg = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, erase=8, colour_cast=0.1)
+    a = augment_sample(s, cfg, seed=3, epoch=1)
+    assert _bytes(augment_sample(s, cfg, seed=3, epoch=1)) == _bytes(a)
+    assert _bytes(a) != _bytes(s)
+    assert _bytes(augment_sample(s, cfg, seed=3, epoch=2)) != _bytes(a)
+    assert _bytes(augment_sample({**s, "key": "other"}, cfg, seed=3, epoch=1)) != _bytes(a)
+
+
+@pytest.mark.parametrize(
+    "field", [{"erase": -1}, {"erase": 33}, {"erase_size": 0}, {"colour_cast": 1.0}]
+)
+def test_erase_and_colour_cast_bounds(field):
+    with pytest.raises(ValueError, match=next(iter(field))):
+        AugmentConfig(**field)

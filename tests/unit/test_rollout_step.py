@@ -14,7 +14,12 @@ from vlalign.losses.policy import POLICY_LOSSES, group_normalized_advantages
 from vlalign.models import apply_peft, build
 from vlalign.models.lora import vision_prefix
 from vlalign.models.unwrap import unwrap
-from vlalign.rollout.engine import GenerationEngine, SamplingSettings, token_forward
+from vlalign.rollout.engine import (
+    GenerationEngine,
+    SamplingSettings,
+    rollout_logps,
+    token_forward,
+)
 from vlalign.rollout.rewards import RefusalRule, RewardSample, score
 from vlalign.rollout.weights import apply_update, make_probe, make_update
 
@@ -68,9 +73,11 @@ def test_one_online_step_on_policy_then_sync(name: str, loss: str, model_cache) 
     hook = vision.register_forward_hook(lambda m, a, o: calls.append(1))
     extra = r.forward_kwargs()
     policy.train()
-    new, ent = token_forward(policy, r.input_ids, r.attention_mask, r.labels, extra, entropy=True)
+    rows = range(len(r.texts))
+    new = rollout_logps(policy, r, rows)  # the packed forward GRPO's update runs
+    _, ent = token_forward(policy, r.input_ids, r.attention_mask, r.labels, extra, entropy=True)
     with torch.no_grad(), policy.disable_adapter():
-        ref = token_forward(policy, r.input_ids, r.attention_mask, r.labels, extra)
+        ref = rollout_logps(policy, r, rows)
     hook.remove()
     assert calls == []
     assert torch.equal(new.detach(), r.old_logps)
@@ -92,12 +99,12 @@ def test_one_online_step_on_policy_then_sync(name: str, loss: str, model_cache) 
     opt.zero_grad()
 
     with torch.no_grad():
-        moved = token_forward(policy, r.input_ids, r.attention_mask, r.labels, extra)
+        moved = rollout_logps(policy, r, rows)
     assert not torch.equal(moved, r.old_logps)
     probe = make_probe(built.processor, built.family)
     result = apply_update(rollout_model, make_update(policy, probe, version=1), probe)
     assert result.ok and result.max_abs_diff == 0.0
     # the synced rollout model now reproduces the trainer's log-probs on the rollout batch too
     with torch.no_grad():
-        synced = token_forward(rollout_model, r.input_ids, r.attention_mask, r.labels, extra)
+        synced = rollout_logps(rollout_model, r, rows)
     torch.testing.assert_close(synced, moved, rtol=0, atol=1e-6)

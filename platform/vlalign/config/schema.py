@@ -124,6 +124,26 @@ class AugmentConfig(Section):
         description="Hue shift drawn from +- this (fraction of the colour circle); keep it small "
         "where colour carries meaning.",
     )
+    colour_cast: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Per-channel colour cast: R, G and B each get their own offset drawn from "
+        "+- this (fraction of 255), added to every pixel (0: off).",
+    )
+    erase: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Random erasing: most rectangles of a random flat grey-ish colour pasted "
+        "per image, the count drawn from 0..this (0: off).",
+    )
+    erase_size: float = Field(
+        0.12,
+        gt=0,
+        le=0.5,
+        description="Largest side of an erased rectangle, as a fraction of the image side.",
+    )
     noise: float = Field(
         0.03, ge=0, le=1, description="Std of Gaussian pixel noise, as a fraction of 255."
     )
@@ -416,6 +436,12 @@ class GrpoMethod(_MethodBase):
     )
     log_samples_every: int = Field(
         0, ge=0, description="Steps between sample-rollout tables logged to MLflow (0: never)."
+    )
+    pack_groups: bool = Field(
+        True,
+        description="Log-prob passes run one packed row per prompt [prompt, its responses] "
+        "(4D mask): the prompt once per group, not once per sample (sdpa/eager attention; "
+        "others fall back to one row per sample).",
     )
 
     @model_validator(mode="after")

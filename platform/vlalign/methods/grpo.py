@@ -46,8 +46,7 @@ from vlalign.rollout.engine import (
     GenerationEngine,
     Rollout,
     SamplingSettings,
-    features_for_rows,
-    token_forward,
+    rollout_logps,
 )
 from vlalign.rollout.rewards import RewardError, RewardFn, RewardSample, build_reward, score
 from vlalign.rollout.weights import AdapterUpdate, Probe, adapter_state, make_probe, probe_logprobs
@@ -117,6 +116,7 @@ class Grpo:
             logprob_chunk=c.logprob_chunk,
             old_logps=not self.on_policy,
             merge_adapters=c.rollout.merge_adapters and run.recipe.engine.zero_stage != 3,
+            pack_groups=c.pack_groups,
         )
         self.generator = GenerationEngine(
             run.model,
@@ -346,22 +346,13 @@ class Grpo:
 
         The rollout's per-prompt image features serve every row; a trainable vision path
         (LoRA on the tower or projector) re-encodes the prompts' images with grad instead."""
-        extra = ro.forward_kwargs(rows)
+        feats = None
         if grad and pixels and ro.features is not None:
-            owners = [int(ro.prompt_index[r]) for r in rows]
             feats = encode_images(model, {k: v.to(ro.input_ids.device) for k, v in pixels.items()})
-            extra["mm_encoder_outputs"] = {
-                "image": features_for_rows(feats, ro.image_counts, owners)
-            }
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
-            return token_forward(
-                model,
-                ro.input_ids[rows],
-                ro.attention_mask[rows],
-                ro.labels[rows],
-                extra,
-                self.cfg.logprob_chunk,
+            return rollout_logps(
+                model, ro, rows, self.cfg.logprob_chunk, feats, pack=self.cfg.pack_groups
             )
 
     def _reference_logps(self, ro: Rollout) -> Tensor:

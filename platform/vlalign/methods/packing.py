@@ -35,7 +35,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlalign.errors import VlalignError
 from vlalign.logprobs import SequenceLogprobs, token_logprobs_from_logits
 from vlalign.models.families import Family, family_of
-from vlalign.models.families.base import additive
+from vlalign.models.families.base import (
+    DENSE_MASK_ATTENTION,
+    additive,
+    attention_implementation,
+)
 from vlalign.models.inputs import IGNORE_INDEX
 from vlalign.models.pair_inputs import (
     PIXEL_KEYS,
@@ -46,7 +50,6 @@ from vlalign.models.pair_inputs import (
 )
 from vlalign.models.unwrap import unwrap
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
 CHOSEN, REJECTED = 1, 2
 
 
@@ -164,13 +167,11 @@ def pack_pairs(model: torch.nn.Module, batch: dict, pad_id: int) -> PackedPairs:
 
 
 def _check_attention(model: torch.nn.Module) -> None:
-    impl = getattr(unwrap(model).config, "_attn_implementation", None)
-    text = unwrap(model).config.get_text_config()
-    impl = getattr(text, "_attn_implementation", None) or impl
-    if impl not in SUPPORTED_ATTENTION:
+    impl = attention_implementation(unwrap(model))
+    if impl not in DENSE_MASK_ATTENTION:
         raise VlalignError(
             f"packed prefix needs a dense 4D attention mask, which attention implementation "
-            f"{impl!r} does not take; load the model with attn_implementation in {SUPPORTED_ATTENTION}"
+            f"{impl!r} does not take; load the model with attn_implementation in {DENSE_MASK_ATTENTION}"
         )
 
 

@@ -42,8 +42,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from vlalign.errors import DataError
 from vlalign.logprobs import token_logprobs_from_logits
 from vlalign.losses.policy import entropy_from_logits
+from vlalign.models.families import Family, family_of
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
-from vlalign.models.pair_inputs import PIXEL_KEYS, encode_images, image_inputs
+from vlalign.models.pair_inputs import IMAGE_KEYS, PIXEL_KEYS, encode_images, image_inputs
+from vlalign.models.unwrap import unwrap
+from vlalign.rollout.group_packing import can_pack, groups_of, pack_groups, packed_token_logps
 from vlalign.rollout.merging import merged_adapters
 
 NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
@@ -67,6 +70,8 @@ class SamplingSettings:
     # `vlalign.rollout.merging`); the old-log-prob pass runs on the unmerged model, as the
     # trainer's forward does. Off under ZeRO-3 (the caller's choice).
     merge_adapters: bool = True
+    # The old-log-prob pass packs each prompt's n rows into one (`rollout_logps`).
+    pack_groups: bool = True
 
 
 def sample_seed(seed: int, step: int, key: str, index: int) -> int:
@@ -145,12 +150,15 @@ class Rollout:
     prompt_images: dict[str, Tensor] = field(default_factory=dict)
     mm_token_type_ids: Tensor | None = None
 
-    def forward_kwargs(self, rows: Sequence[int] | Tensor | None = None) -> dict:
-        """Model kwargs carrying the images of ``rows`` (default: all N rows, in order)."""
+    def forward_kwargs(
+        self, rows: Sequence[int] | Tensor | None = None, features: bool = True
+    ) -> dict:
+        """Model kwargs carrying the images of ``rows`` (default: all N rows, in order);
+        ``features=False`` leaves the image features out (the LM-side tensors only)."""
         rows = range(self.input_ids.shape[0]) if rows is None else [int(r) for r in rows]
         owners = [int(self.prompt_index[r]) for r in rows]
         extra: dict = {}
-        if self.features is not None:
+        if self.features is not None and features:
             extra["mm_encoder_outputs"] = {
                 "image": features_for_rows(self.features, self.image_counts, owners)
             }
@@ -273,6 +281,69 @@ def token_forward(
         return lp
     ent = F.pad(entropy_from_logits(out.logits, chunk_size)[:, :-1], (start + 1, 0))
     return lp, ent * (labels != IGNORE_INDEX).to(ent.dtype)
+
+
+def rollout_logps(
+    model: torch.nn.Module,
+    ro: Rollout,
+    rows: Sequence[int],
+    chunk_size: int = 1024,
+    features: BaseModelOutputWithPooling | None = None,
+    pack: bool = True,
+) -> Tensor:
+    """Token log-probs [M, T] of the rollout's ``rows`` under ``model`` (label-aligned, float32;
+    differentiable when called with grad enabled).
+
+    pack (and an attention implementation that takes a dense mask, `group_packing.can_pack`):
+    one forward of one packed row per prompt, [prompt, its rows' responses]
+    (`vlalign.rollout.group_packing`): the prompt runs once per group instead of once per row,
+    with the same log-probs as the unshared forward. Otherwise `token_forward` on the rows.
+    ``features``: per-prompt image features to use instead of the rollout's (a trainable vision
+    path re-encodes them with grad).
+    """
+    rows = [int(r) for r in rows]
+    owners = [int(ro.prompt_index[r]) for r in rows]
+    if not (pack and can_pack(model)):
+        extra = ro.forward_kwargs(rows)
+        if features is not None:
+            extra["mm_encoder_outputs"] = {
+                "image": features_for_rows(features, ro.image_counts, owners)
+            }
+        return token_forward(
+            model, ro.input_ids[rows], ro.attention_mask[rows], ro.labels[rows], extra, chunk_size
+        )
+    groups = groups_of(owners)
+    leaders = [rows[ms[0]] for ms in groups]
+    lm_images = {
+        k: v
+        for k, v in ro.forward_kwargs(rows, features=False).items()
+        if k in IMAGE_KEYS and k not in PIXEL_KEYS
+    }
+    packed = pack_groups(
+        family_of(unwrap(model)) or Family(),
+        unwrap(model),
+        ro.input_ids[rows],
+        ro.attention_mask[rows],
+        ro.response_lengths[rows],
+        groups,
+        pad_id=0,
+        row_images=lm_images,
+        token_types=None if ro.mm_token_type_ids is None else ro.mm_token_type_ids[rows],
+    )
+    group_extra = ro.forward_kwargs(leaders)
+    group_extra.pop("mm_token_type_ids", None)
+    if features is not None:
+        group_extra["mm_encoder_outputs"] = {
+            "image": features_for_rows(features, ro.image_counts, [owners[ms[0]] for ms in groups])
+        }
+    return packed_token_logps(
+        model,
+        packed,
+        group_extra,
+        (len(rows), ro.input_ids.shape[1]),
+        chunk_size,
+        token_type_key="mm_token_type_ids",
+    )
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> set[int]:
@@ -425,13 +496,8 @@ class GenerationEngine:
             mm_token_type_ids=layout.get("mm_token_type_ids"),
         )
         if s.old_logps:
-            rollout.old_logps = token_forward(
-                model,
-                rollout.input_ids,
-                rollout.attention_mask,
-                rollout.labels,
-                rollout.forward_kwargs(),
-                s.logprob_chunk,
+            rollout.old_logps = rollout_logps(
+                model, rollout, range(P * n), s.logprob_chunk, pack=s.pack_groups
             )
         else:
             rollout.old_logps = None

@@ -122,6 +122,19 @@ class Family:
         raise NotImplementedError(f"family {self.name!r} has no built-in tiny model")
 
 
+# Attention implementations that take a dense 4D mask as is (transformers passes one through
+# unchanged to these; flash- and flex-attention take none): what packed rows need.
+DENSE_MASK_ATTENTION = ("sdpa", "eager")
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The LM's attention implementation (`_attn_implementation` of the text config, else the
+    model's). `model` is the transformers model (no wrappers)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    text = model.config.get_text_config()
+    return getattr(text, "_attn_implementation", None) or impl
+
+
 def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     """[B, T, T] bool visibility -> [B, 1, T, T] additive float mask (0 or dtype's min)."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
