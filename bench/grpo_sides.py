@@ -53,6 +53,7 @@ class Variant:
     skip_old_forward: bool = False  # on-policy: old log-probs = the update's (TRL's shortcut)
     merge_lora: bool = True  # generate with LoRA merged (method.rollout.merge_adapters)
     pack_groups: bool = True  # log-prob passes: one packed row per prompt (method.pack_groups)
+    share_prefill: bool = True  # generate: one prefill per prompt (method.rollout.share_prefill)
 
 
 VARIANTS = (
@@ -61,11 +62,12 @@ VARIANTS = (
     Variant("no_response_only", "  - response-only logits", response_only=False),
     Variant("no_chunking", "  - chunked log-probs (one chunk)", chunked=False),
     Variant("no_merge", "  - LoRA merged for generate", merge_lora=False),
+    Variant("no_share_prefill", "  - prompt prefilled once per group", share_prefill=False),
     Variant("no_pack", "  - prompt once per group (packed rows)", pack_groups=False),
     Variant("skip_old", "  + on-policy old log-probs (no fwd) = default", skip_old_forward=True),
     Variant(
         "naive", "  all off", share_vision=False, response_only=False, chunked=False,
-        merge_lora=False, pack_groups=False,
+        merge_lora=False, pack_groups=False, share_prefill=False,
     ),
 )  # fmt: skip
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
@@ -246,10 +248,14 @@ class VlalignSide:
         return self._rollout(v)
 
     def _configure(self, v: Variant) -> None:
-        """method.rollout.merge_adapters and method.pack_groups as the variant says."""
+        """method.rollout.merge_adapters / share_prefill and method.pack_groups as the
+        variant says."""
         for m in self.methods.values():
             m.generator.settings = dataclasses.replace(
-                m.generator.settings, merge_adapters=v.merge_lora, pack_groups=v.pack_groups
+                m.generator.settings,
+                merge_adapters=v.merge_lora,
+                pack_groups=v.pack_groups,
+                share_prefill=v.share_prefill,
             )
             m.cfg = m.cfg.model_copy(update={"pack_groups": v.pack_groups})
 

@@ -38,7 +38,8 @@ def test_quick_run_writes_the_json_and_both_sides_train(tmp_path, model_cache):
         assert col in header
     names = [r["name"] for r in res["rows"]]
     assert names == ["trl", "vlalign", "no_share_vision", "no_response_only", "no_chunking",
-                     "no_merge", "no_pack", "skip_old", "naive"]  # fmt: skip
+                     "no_merge", "no_share_prefill", "no_pack", "skip_old",
+                     "naive"]  # fmt: skip
     c = res["config"]
     B, n, m = c["batch_prompts"], c["num_generations"], c["max_new_tokens"]
     for row in res["rows"]:
@@ -85,9 +86,9 @@ def _side(model_cache):
 def test_switches_change_the_work_not_the_results(model_cache):
     """Same rollout seeds under every variant: the same texts and old log-probs; the vision tower
     runs once per rollout (2 prompts' images in one call) with sharing, and without it on the
-    rows' own images for generate (6 rows) and for each log-prob forward (2 packed rows, one per
-    prompt; 6 rows unpacked); the on-policy shortcut gives old log-probs equal to the update's
-    (ratio 1) with no rollout forward."""
+    images of each forward's rows: generate's prefill (2 prompts shared, 6 rows not) and each
+    log-prob forward (2 packed rows, 6 unpacked); the on-policy shortcut gives old log-probs
+    equal to the update's (ratio 1) with no rollout forward."""
     from grpo_sides import VARIANTS
 
     from vlalign.models.lora import vision_prefix
@@ -119,8 +120,10 @@ def test_switches_change_the_work_not_the_results(model_cache):
     hook.remove()
     texts0, lp0, vis0 = got["vlalign"]
     assert vis0 == [2]  # once per prompt, for the whole rollout
-    assert got["no_share_vision"][2] == [2, 6, 2]  # prompts (split only), generate, old fwd
-    assert got["naive"][2] == [2, 6, 6]  # ... unpacked: the old forward has 6 rows
+    # prompts (split only), generate's shared prefill, the packed old forward: 2 images each
+    assert got["no_share_vision"][2] == [2, 2, 2]
+    assert got["no_share_prefill"][2] == [2]
+    assert got["naive"][2] == [2, 6, 6]  # ... one prefill and one old-forward row per sample
     for name, (texts, lp, _) in got.items():
         assert texts == texts0, name
         if "skip_old" not in name:

@@ -384,6 +384,11 @@ class RolloutConfig(Section):
         "merge; the exact base weights are restored after, at the cost of holding a copy of the "
         "adapted ones meanwhile): no per-token adapter path. Ignored under ZeRO-3.",
     )
+    share_prefill: bool = Field(
+        True,
+        description="Prefill each prompt (image included) once and continue its n samples from "
+        "copies of that KV cache, instead of prefilling every sample.",
+    )
 
 
 class GrpoMethod(_MethodBase):

@@ -117,6 +117,7 @@ class Grpo:
             old_logps=not self.on_policy,
             merge_adapters=c.rollout.merge_adapters and run.recipe.engine.zero_stage != 3,
             pack_groups=c.pack_groups,
+            share_prefill=c.rollout.share_prefill,
         )
         self.generator = GenerationEngine(
             run.model,

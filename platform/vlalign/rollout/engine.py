@@ -10,10 +10,14 @@ One `GenerationEngine.rollout(prompts, step)` call:
 3. generates the N = P * n rows in one batched `generate` (KV cache), rows of a prompt
    consecutive (prompt p owns rows p*n .. p*n+n-1, the layout `vlalign.losses.policy` expects),
    with the LoRA adapters merged into the base weights for the call (`vlalign.rollout.merging`:
-   the exact base weights are restored after; `SamplingSettings.merge_adapters`);
+   the exact base weights are restored after; `SamplingSettings.merge_adapters`). The prompts
+   are prefilled once each, not once per sample: one forward of the P prompts (all but their
+   last token, images included) fills a KV cache that is repeated n times, and `generate`
+   continues the N rows from it (`SamplingSettings.share_prefill`; same samples, tested);
 4. lays the result out as the trainer will read it (right padding: prompt, response, padding) and
-   computes the old policy's per-token log-probs in ONE forward over that batch with the same
-   features (`token_forward`), so a trainer forward on the same batch starts at ratio 1.
+   computes the old policy's per-token log-probs in ONE forward with the same features, each
+   prompt's n rows packed into one row (`rollout_logps`, `vlalign.rollout.group_packing`), the
+   forward the trainer runs on the same rows, so its update starts at ratio 1.
 
 Seeding. Sampling does not use the global RNG: `RowSampler`, a logits processor, draws each
 row's token with that row's own `torch.Generator`, seeded from (seed, step, prompt key, sample
@@ -72,6 +76,8 @@ class SamplingSettings:
     merge_adapters: bool = True
     # The old-log-prob pass packs each prompt's n rows into one (`rollout_logps`).
     pack_groups: bool = True
+    # `generate` continues n rows from one prefill of each prompt (`_shared_prefill`).
+    share_prefill: bool = True
 
 
 def sample_seed(seed: int, step: int, key: str, index: int) -> int:
@@ -445,16 +451,18 @@ class GenerationEngine:
             "input_ids": rows(batch["input_ids"]),
             "attention_mask": rows(batch["attention_mask"]),
         }
+        share = s.share_prefill and n > 1 and self._can_share_prefill(batch)
         # Per-image tensors the LM reads besides the features (Qwen2-VL's image_grid_thw: one
-        # row per image): each prompt's group repeated n times, like the features.
+        # row per image): each prompt's group repeated n times, like the features. A shared
+        # prefill holds the images in its cache: generate then needs neither.
         lm_images = {
             k: torch.cat([g for g in v.split(counts) for _ in range(n)])
             for k, v in images.items()
-            if k not in PIXEL_KEYS
+            if k not in PIXEL_KEYS and not share
         }
         if "mm_token_type_ids" in batch:
             gen_in["mm_token_type_ids"] = rows(batch["mm_token_type_ids"])
-        if features is not None:
+        if features is not None and not share:
             gen_in["mm_encoder_outputs"] = {"image": expand_features(features, counts, n)}
         seeds = [
             sample_seed(s.seed, step, str(p.get("key", i)), j)
@@ -463,6 +471,8 @@ class GenerationEngine:
         ]
         sampler = RowSampler(seeds, s.temperature, s.top_p, self.placeholder_ids())
         with merged_adapters(model, s.merge_adapters):
+            if share:
+                gen_in["cache"] = self._shared_prefill(model, batch, images, features, counts, n)
             seqs = model.generate(
                 **gen_in,
                 **lm_images,
@@ -502,6 +512,46 @@ class GenerationEngine:
         else:
             rollout.old_logps = None
         return rollout
+
+    def _can_share_prefill(self, batch: dict[str, Tensor]) -> bool:
+        """Every prompt ends in a text token (the images lie inside the cached part)."""
+        return not bool(
+            torch.isin(
+                batch["input_ids"][:, -1],
+                torch.tensor(self.placeholder_ids(), device=batch["input_ids"].device),
+            ).any()
+        )
+
+    def _shared_prefill(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Tensor],
+        images: dict[str, Tensor],
+        features: BaseModelOutputWithPooling | None,
+        counts: list[int],
+        n: int,
+    ):
+        """The KV cache of the P prompts but their last token, computed ONCE per prompt and
+        repeated for its n rows ([P, L-1] -> [N, L-1] per layer). `generate` continues from it
+        (transformers feeds only the uncached last token), so a prompt's image and text run
+        through the LM once instead of n times. Positions as `generate` makes them: from the
+        left-padded attention mask (1-D families); M-RoPE families compute theirs and the family
+        repeats the per-row state `generate` reads next (`Family.repeat_generation_state`)."""
+        ids, mask = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
+        kwargs: dict = {k: v for k, v in images.items() if k not in PIXEL_KEYS}
+        if features is not None:
+            prompts = list(range(len(counts)))
+            kwargs["mm_encoder_outputs"] = {"image": features_for_rows(features, counts, prompts)}
+        if "mm_token_type_ids" in batch:
+            kwargs["mm_token_type_ids"] = batch["mm_token_type_ids"][:, :-1]
+        family = family_of(unwrap(model)) or Family()
+        if not family.mrope:
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs)
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache.batch_repeat_interleave(n)
+        family.repeat_generation_state(unwrap(model), n)
+        return cache
 
     def _layout(
         self, prompt_ids: Tensor, prompt_mask: Tensor, new: Tensor, mm_types: Tensor | None

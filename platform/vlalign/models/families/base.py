@@ -42,6 +42,8 @@ class Family:
     """The processor takes images as one list per sample (Idefics3) instead of a flat list."""
 
     # -- tokens ---------------------------------------------------------------------------
+    mrope: ClassVar[bool] = False
+    """Multimodal RoPE (Qwen): positions [3, B, T] the model computes from the images."""
     token_type_key: ClassVar[str | None] = None
     """Per-token modality ids [T] (1 on image tokens) the LM takes, under this kwarg name."""
     prompt_kwargs: ClassVar[dict] = {}
@@ -100,6 +102,10 @@ class Family:
         batch's, for families whose positions depend on the images (Qwen's M-RoPE: [3, B, T]).
         """
         return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+    def repeat_generation_state(self, model: torch.nn.Module, n: int) -> None:
+        """After a prefill of P prompts whose cache is repeated n times for `generate`: repeat
+        any per-row state the model keeps between forwards (none for 1-D position LMs)."""
 
     def packed_attention_mask(
         self,

@@ -39,6 +39,7 @@ class Qwen2VLFamily(Family):
     image_keys = ("pixel_values", "image_grid_thw")
     pixel_keys = ("pixel_values",)
     token_type_key = "mm_token_type_ids"
+    mrope = True
     vision_names = ("visual",)
     projector_names = ("merger",)
 
@@ -55,6 +56,13 @@ class Qwen2VLFamily(Family):
         if has_torchvision():
             return super().load_processor(path, trust_remote_code, revision)
         return load_image_only(self.processor_class(), path, trust_remote_code, revision)
+
+    def repeat_generation_state(self, model, n: int) -> None:
+        """The rope deltas of the prefilled prompts ([P, 1], `model.model.rope_deltas`, which
+        `generate` adds to the text positions of a continued cache), repeated for the n rows."""
+        deltas = getattr(model.model, "rope_deltas", None)
+        if deltas is not None:
+            model.model.rope_deltas = deltas.repeat_interleave(n, dim=0)
 
     def position_ids(self, model, input_ids, attention_mask, image_inputs, token_types) -> Tensor:
         """M-RoPE positions [3, B, T] from the model's `get_rope_index`."""
