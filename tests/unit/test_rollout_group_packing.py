@@ -153,3 +153,25 @@ def test_repeated_rows_accumulate_their_gradient() -> None:
     (g_got,) = torch.autograd.grad((got * w).sum(), logits)
     (g_want,) = torch.autograd.grad((want * w.double()).sum(), logits)
     torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-6)
+
+
+def test_an_attention_without_dense_masks_falls_back_to_rows_and_says_so(
+    model_cache, monkeypatch, caplog
+) -> None:
+    """flash-attention takes no 4D mask: the log-probs come from one row per sample, the same
+    values, and a warning names the implementation (once)."""
+    import vlalign.rollout.engine as eng
+
+    policy, ro = _setup("tiny-llava", model_cache)
+    rows = list(range(9))
+    with torch.no_grad():
+        want = rollout_logps(policy, ro, rows, pack=False)
+        monkeypatch.setattr(eng, "can_pack", lambda model: False)
+        monkeypatch.setattr(eng, "attention_implementation", lambda m: "flash_attention_2")
+        monkeypatch.setattr(eng, "_UNPACKED_WARNED", set())
+        with caplog.at_level("WARNING", logger="vlalign.rollout"):
+            got = rollout_logps(policy, ro, rows, pack=True)
+            rollout_logps(policy, ro, rows, pack=True)
+    assert torch.equal(got, want)
+    warned = [r for r in caplog.records if "flash_attention_2" in r.getMessage()]
+    assert len(warned) == 1

@@ -33,6 +33,7 @@ pi_theta / pi_old compares the same distribution on both sides; sampling may be 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ from vlalign.errors import DataError
 from vlalign.logprobs import token_logprobs_from_logits
 from vlalign.losses.policy import entropy_from_logits
 from vlalign.models.families import Family, family_of
+from vlalign.models.families.base import attention_implementation
 from vlalign.models.inputs import IGNORE_INDEX, ChatEncoder
 from vlalign.models.pair_inputs import IMAGE_KEYS, PIXEL_KEYS, encode_images, image_inputs
 from vlalign.models.unwrap import unwrap
@@ -54,6 +56,8 @@ from vlalign.rollout.group_packing import can_pack, groups_of, pack_groups, pack
 from vlalign.rollout.merging import merged_adapters
 
 NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
+log = logging.getLogger("vlalign.rollout")
+_UNPACKED_WARNED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,17 @@ def rollout_logps(
     """
     rows = [int(r) for r in rows]
     owners = [int(ro.prompt_index[r]) for r in rows]
-    if not (pack and can_pack(model)):
+    if pack and not can_pack(model):
+        impl = str(attention_implementation(unwrap(model)))
+        if impl not in _UNPACKED_WARNED:
+            _UNPACKED_WARNED.add(impl)
+            log.warning(
+                "method.pack_groups: attention implementation %r takes no dense 4D mask; "
+                "log-probs run one row per sample (load the model with sdpa or eager to pack)",
+                impl,
+            )
+        pack = False
+    if not pack:
         extra = ro.forward_kwargs(rows)
         if features is not None:
             extra["mm_encoder_outputs"] = {
