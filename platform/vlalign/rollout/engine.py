@@ -91,7 +91,8 @@ def sample_seed(seed: int, step: int, key: str, index: int) -> int:
 
 
 class RowSampler(LogitsProcessor):
-    """Temperature, top-p, then one multinomial draw per row with the row's own generator.
+    """Temperature, top-p, then one draw per row with the row's own generator (inverse CDF: the
+    first token whose cumulative probability exceeds u x total, u uniform in [0, 1)).
 
     scores: [N, V] -> [N, V] with 0 at the drawn token and -inf elsewhere, so greedy decoding
     keeps exactly the draw. ``seeds``: [N] ints; one `torch.Generator` per row, created lazily
@@ -121,9 +122,15 @@ class RowSampler(LogitsProcessor):
         if self.top_p is not None:
             x = self.top_p(input_ids, x)
         probs = torch.softmax(x, dim=-1)
-        drawn = torch.stack(
-            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
-        )  # [N, 1]
+        # Inverse-CDF draw: one uniform per row from the row's generator, then one batched
+        # search (a loop of N torch.multinomial calls cost ~9x more per step on CPU).
+        u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generators])
+        cdf = probs.cumsum(dim=-1)  # [N, V]
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)  # [N, 1]
+        drawn = drawn.clamp(max=probs.shape[-1] - 1)
+        # u * total rounding up to the total could land past the last drawable token
+        last = (probs > 0).long().cumsum(-1).argmax(dim=-1, keepdim=True)  # last nonzero
+        drawn = torch.where(probs.gather(1, drawn) > 0, drawn, last)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, drawn, 0.0)
 
