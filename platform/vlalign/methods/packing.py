@@ -41,6 +41,7 @@ from vlalign.models.families.base import (
     attention_implementation,
 )
 from vlalign.models.inputs import IGNORE_INDEX
+from vlalign.models.packed_forward import packed_logits
 from vlalign.models.pair_inputs import (
     PIXEL_KEYS,
     PairOptions,
@@ -200,23 +201,8 @@ def packed_pair_forward(
         extra.update({k: v for k, v in images.items() if k in PIXEL_KEYS})
     if packed.token_types is not None:
         extra[packed.token_type_key] = packed.token_types
-    dtype = unwrap(model).get_input_embeddings().weight.dtype
-    if torch.is_autocast_enabled(packed.input_ids.device.type):
-        dtype = torch.get_autocast_dtype(packed.input_ids.device.type)
-    T = packed.input_ids.shape[1]
     start = int(packed.prefix_lens.min()) - 1 if opts.keep_only_response else 0
-    mask = _family(model).packed_attention_mask(
-        unwrap(model), packed.allowed, packed.position_ids, packed.token_types, dtype
-    )
-    out = model(
-        input_ids=packed.input_ids,
-        attention_mask=mask,
-        position_ids=packed.position_ids,
-        logits_to_keep=torch.arange(start, T, device=packed.input_ids.device) if start else 0,
-        use_cache=False,
-        **extra,
-    )
-    logits = out.logits  # [B, T - start, V]
+    logits = packed_logits(model, packed, start, extra)  # [B, T - start, V]
     token_lp = token_logprobs_from_logits(logits, packed.labels[:, start:], opts.chunk_size)
     side = packed.side[:, start:]
     scored = packed.labels[:, start:] != IGNORE_INDEX

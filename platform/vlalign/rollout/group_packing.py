@@ -33,8 +33,9 @@ from torch import Tensor
 
 from vlalign.errors import VlalignError
 from vlalign.logprobs import logprobs_at
-from vlalign.models.families import Family, family_of
+from vlalign.models.families import Family
 from vlalign.models.families.base import DENSE_MASK_ATTENTION, attention_implementation
+from vlalign.models.packed_forward import packed_logits
 from vlalign.models.unwrap import unwrap
 
 
@@ -174,28 +175,12 @@ def packed_token_logps(
     forward of the G packed rows. group_extra: the model kwargs carrying each group's images
     (features or pixels, image_grid_thw: one group per packed row, in order); `shape`: (M,
     T_rows) of the unpacked rows. Differentiable when called with grad enabled."""
-    family = family_of(unwrap(model)) or Family()
-    dtype = unwrap(model).get_input_embeddings().weight.dtype
-    device_type = packed.input_ids.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
     G, T = packed.input_ids.shape
     start = _logits_start(packed.prefix_lens)
-    mask = family.packed_attention_mask(
-        unwrap(model), packed.allowed, packed.position_ids, packed.token_types, dtype
-    )
     extra = dict(group_extra)
     if packed.token_types is not None and token_type_key:
         extra[token_type_key] = packed.token_types
-    out = model(
-        input_ids=packed.input_ids,
-        attention_mask=mask,
-        position_ids=packed.position_ids,
-        logits_to_keep=torch.arange(start, T, device=packed.input_ids.device) if start else 0,
-        use_cache=False,
-        **extra,
-    )
-    logits = out.logits  # [G, T - start, V]
+    logits = packed_logits(model, packed, start, extra)  # [G, T - start, V]
     kept = T - start
     rows2d = (packed.src // T) * kept + (packed.src % T) - start
     lp = logprobs_at(logits.reshape(G * kept, -1), rows2d, packed.targets, chunk_size)  # [K]
