@@ -65,8 +65,13 @@ def test_grpo_family_trains_and_reports(tmp_path, shards, model_cache, loss):
         "entropy",
         "response_length",
         "tokens_per_s",
+        "expand_s",
+        "update_s",
     ):
         assert key in m, key
+    # one rollout per optimizer step here (no mini-batches): each step's expand generates
+    assert all(x["expand_s"] > 0 and x["update_s"] > 0 for x in res.metrics)
+    assert all(x["expand_s"] + x["update_s"] <= x["step_time_s"] + 1e-9 for x in res.metrics)
     assert all(v == v for v in res.losses)  # no NaN
     assert 0 < m["response_length"] <= 6
     assert (res.export_dir / "adapter_model.safetensors").is_file()

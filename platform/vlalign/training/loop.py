@@ -191,13 +191,15 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     try:
         while tstate.step < t.max_steps and not tstate.inloop.get("stopped"):
             step_start = time.perf_counter()
-            micro, wait = [], 0.0
+            micro, wait, expand_s = [], 0.0, 0.0
             for _ in range(t.grad_accum):
                 if not queue:
                     t0 = time.perf_counter()
                     batch, position = next(stream)
-                    wait += time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    wait += t1 - t0
                     queue = method.expand(_to_device(batch, ctx.device, dtype))
+                    expand_s += time.perf_counter() - t1
                 micro.append(queue.pop(0))
             global_units = all_reduce_sum(sum(method.units(b) for b in micro), ctx.device)
             loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
@@ -226,6 +228,10 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 skipped,
                 ctx,
             )
+            # expand: turning data into micro-batches (the rollout, for online RL methods);
+            # update: the forward, backward and optimizer steps (and any weight sync after)
+            metrics["expand_s"] = expand_s
+            metrics["update_s"] = max(step_time - wait - expand_s, 0.0)
             metrics.update(after)
             tstate.losses.append(metrics["loss"])
             tstate.metrics.append(metrics)
