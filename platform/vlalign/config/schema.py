@@ -446,7 +446,9 @@ class GrpoMethod(_MethodBase):
         True,
         description="Log-prob passes run one packed row per prompt [prompt, its responses] "
         "(4D mask): the prompt once per group, not once per sample (sdpa/eager attention; "
-        "others fall back to one row per sample).",
+        "others fall back to one row per sample). Attention over the packed row costs "
+        "(prompt + n x response)^2 with a dense [T, T] mask per group: a win when prompts are "
+        "long against the responses; with long responses and large n, measure or turn it off.",
     )
 
     @model_validator(mode="after")

@@ -21,6 +21,12 @@ model's own `get_rope_index`) on the unshared rows, spliced block by block, and
 
 Rows of a rollout are right-padded [prompt, response, padding]; a row's prompt length is its
 length minus its response length. Rows of one group must carry the same prompt tokens (checked).
+
+Cost. The linear layers see P + sum(L_i) tokens per group instead of n P + sum(L_i); attention
+runs over the whole packed row with a dense [T, T] mask (T = P + sum(L_i)), so it costs T^2
+against sum((P + L_i)^2) unpacked, and the mask itself is G T^2 elements. Packing wins where
+prompts (images) are long against the responses (measured on CPU: bench/README "The prompt once
+per group"); with long responses and a large n the quadratic term can eat the gain.
 """
 
 from __future__ import annotations
