@@ -1,6 +1,7 @@
 """Group packing (`vlalign.rollout.group_packing`): one row [prompt, its responses] per prompt
 gives the log-probs and the LoRA gradients of the unshared forward (one row per response), on
-tiny LLaVA (1-D positions) and tiny Qwen2-VL (M-RoPE), whole rollouts and shuffled subsets;
+every family's tiny twin (1-D positions, M-RoPE, Idefics3, Gemma 3's bidirectional image mask),
+whole rollouts and shuffled subsets;
 the block mask matters; a row scored twice accumulates its gradient."""
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _logps_and_grads(policy, ro, rows, pack: bool):
     return lp.detach(), grads
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+@pytest.mark.parametrize(
+    "name", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-gemma3"]
+)
 def test_packed_equals_unshared_values_and_gradients(name: str, model_cache) -> None:
     policy, ro = _setup(name, model_cache)
     assert len(set(ro.response_lengths.tolist())) > 1  # responses of different lengths

@@ -1,8 +1,9 @@
 """Shared prefill (`GenerationEngine._shared_prefill`, `method.rollout.share_prefill`): each
 prompt's image and text run through the LM once, its n samples continue from copies of that KV
 cache, and the rollout is the same as with one prefill per sample: same sampled tokens, same old
-log-probs, on tiny LLaVA (1-D positions) and tiny Qwen2-VL (M-RoPE, whose rope deltas the family
-repeats), with the LoRA adapters merged for generation or not."""
+log-probs, on every family's tiny twin (LLaVA's 1-D positions, Qwen2-VL's and Qwen2.5-VL's M-RoPE,
+whose rope deltas the family repeats, Idefics3's image splitting, Gemma 3's bidirectional image
+attention), with the LoRA adapters merged for generation or not."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def _rollout(built, policy, share: bool, merge: bool = True, n: int = 3):
     return engine.rollout(prompts(), step=0)
 
 
+FAMILIES = ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-gemma3"]
+
+
 @pytest.mark.parametrize("merge", [True, False])
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_shared_prefill_gives_the_same_rollout(name: str, merge: bool, model_cache) -> None:
     built, policy = _policy(name, model_cache)
     shared = _rollout(built, policy, share=True, merge=merge)

@@ -55,7 +55,6 @@ from vlalign.models.unwrap import unwrap
 from vlalign.rollout.group_packing import can_pack, groups_of, pack_groups, packed_token_logps
 from vlalign.rollout.merging import merged_adapters
 
-NESTED_IMAGE_FAMILIES = ("idefics3", "smolvlm")
 log = logging.getLogger("vlalign.rollout")
 _UNPACKED_WARNED: set[str] = set()
 
@@ -423,12 +422,9 @@ class GenerationEngine:
         enc = self.encoder
         texts = [enc.prompt_text(p["prompt"], len(p.get("images") or [])) for p in prompts]
         images = [list(p.get("images") or []) for p in prompts]
-        kwargs: dict = {}
+        kwargs: dict = dict(enc.model_family.prompt_kwargs)
         if any(images):
-            if enc.family in NESTED_IMAGE_FAMILIES:
-                kwargs["images"] = images
-            else:
-                kwargs["images"] = [im for ims in images for im in ims]
+            kwargs["images"] = enc.model_family.processor_images(images)
         old_side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
