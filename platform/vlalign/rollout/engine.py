@@ -556,14 +556,16 @@ class GenerationEngine:
         repeats the per-row state `generate` reads next (`Family.repeat_generation_state`)."""
         ids, mask = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
         kwargs: dict = {k: v for k, v in images.items() if k not in PIXEL_KEYS}
-        if features is not None:
+        if features is not None:  # each prompt's own entries, through the one per-row mapping
             prompts = list(range(len(counts)))
             kwargs["mm_encoder_outputs"] = {"image": features_for_rows(features, counts, prompts)}
         if "mm_token_type_ids" in batch:
             kwargs["mm_token_type_ids"] = batch["mm_token_type_ids"][:, :-1]
-        family = family_of(unwrap(model)) or Family()
+        family = self.encoder.model_family
+        # M-RoPE models compute theirs (and keep the rope deltas); 1-D: the left padding reads
+        # position 0, as in generate's own prefill
         if not family.mrope:
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            kwargs["position_ids"] = family.position_ids(unwrap(model), ids, mask, {}, None)
         out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **kwargs)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         cache.batch_repeat_interleave(n)
