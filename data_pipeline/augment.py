@@ -1,5 +1,5 @@
 """Training-time augmentation of decoded samples: images (zoom, shift, flip, colour, colour
-cast, random erasing, noise) and prompts (a paraphrase the record carries), configured by the
+cast, tint, random erasing, noise) and prompts (a paraphrase the record carries), configured by the
 recipe's `data.augment`.
 
 Determinism: every draw comes from one `random.Random` seeded by (seed, epoch, sample key), so
@@ -8,8 +8,9 @@ was split into workers or resumed, and each epoch sees a new variant. Only the t
 (`data_pipeline.reader.BatchStream`) calls this; evaluation never does.
 
 Transforms, in this order: geometry (`Image.transform` AFFINE, `ImageOps.mirror`), colour
-(`ImageEnhance`, HSV conversion), colour cast (numpy: one additive offset per channel), random
-erasing (`ImageDraw` rectangles of a flat grey-ish colour) and noise (numpy). The colour cast
+(`ImageEnhance`, HSV conversion), colour cast (numpy: one additive offset per channel), tint
+(the same offsets weighted per pixel by its greyness, 1 - HSV saturation), random erasing
+(`ImageDraw` rectangles of a flat grey-ish colour) and noise (numpy). The colour cast, the tint
 and the erasing draw nothing from the sample's random stream when their setting is 0, so a
 recipe without them gets exactly the images it got before they existed. PIL is already the
 decoder of every image here, and these few operations need neither torchvision (not
@@ -91,6 +92,25 @@ def _colour_cast(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> 
     return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "RGB")
 
 
+def _tint(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
+    """Tint the neutral pixels: one offset per channel from +- cfg.tint * 255, each pixel
+    getting offset x (1 - saturation), saturation in 0..1 from PIL's HSV; clipped to 0..255.
+
+    A light under a coloured cast (a pink wall, a green-lit room) tints grey surfaces most and
+    barely moves a saturated object's hue, so the tint varies what surrounds the content while
+    the colours that carry meaning stay apart (a global cast of the same size moves yellow
+    toward orange: `_colour_cast`).
+    """
+    if cfg.tint <= 0:
+        return image
+    offsets = np.array(
+        [rng.uniform(-cfg.tint, cfg.tint) * 255.0 for _ in range(3)], dtype=np.float32
+    )
+    grey = 1.0 - np.asarray(image.convert("HSV"))[..., 1:2].astype(np.float32) / 255.0
+    arr = np.asarray(image).astype(np.float32) + grey * offsets
+    return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "RGB")
+
+
 def _erase(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     """Random erasing: paste 0..cfg.erase rectangles, each of a random grey-ish flat colour.
 
@@ -127,7 +147,7 @@ def _noise(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.
 def augment_image(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     """One augmented copy of an RGB image (same size), every draw from `rng`."""
     image = image.convert("RGB")
-    for transform in (_geometry, _colour, _colour_cast, _erase, _noise):
+    for transform in (_geometry, _colour, _colour_cast, _tint, _erase, _noise):
         image = transform(image, cfg, rng)
     return image
 

@@ -167,11 +167,11 @@ def _flat(colour, size=64):
 
 
 def test_new_transforms_off_draw_nothing_and_leave_images_as_before():
-    """erase=0 and colour_cast=0 (the defaults, whatever erase_size says): the output and the
-    rng state afterwards equal those of the pipeline before these transforms existed."""
+    """erase=0, colour_cast=0 and tint=0 (the defaults, whatever erase_size says): the output
+    and the rng state afterwards equal those of the pipeline before these transforms existed."""
     arr = np.random.default_rng(1).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
     img = Image.fromarray(arr, "RGB")
-    off = AugmentConfig(enabled=True, erase=0, erase_size=0.4, colour_cast=0.0)
+    off = AugmentConfig(enabled=True, erase=0, erase_size=0.4, colour_cast=0.0, tint=0.0)
     assert off.model_dump() == {**ON.model_dump(), "erase_size": 0.4}
     for key in ("a", "b", "c"):
         old_rng, new_rng = sample_rng(2, 1, key), sample_rng(2, 1, key)
@@ -224,9 +224,54 @@ def test_colour_cast_adds_one_clipped_offset_per_channel():
     assert {-1, 1} <= signs
 
 
+def test_tint_moves_grey_pixels_and_keeps_saturated_colours():
+    """A grey half and a yellow-cue half: the grey pixels move by the full offsets (one per
+    channel, within +- tint x 255, clipped), the yellow ones by (1 - saturation) of them, so its
+    hue stays within 0.01 (a global cast of the same size moves it by more than 0.02 toward the
+    orange cue's)."""
+    from data_pipeline.images import CUES
+
+    yellow, orange = CUES["yellow_star"].colour, CUES["orange_blob"].colour
+    arr = np.zeros((8, 16, 3), dtype=np.uint8)
+    arr[:, :8], arr[:, 8:] = (128, 128, 128), yellow
+    img = Image.fromarray(arr, "RGB")
+    cfg = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, tint=0.09)
+    sat = np.asarray(Image.new("RGB", (1, 1), yellow).convert("HSV"))[0, 0, 1] / 255.0
+    yellow_hue = _hue(yellow)
+    moved = []
+    for k in range(30):
+        out = np.asarray(augment_image(img, cfg, sample_rng(0, 0, f"k{k}"))).astype(float)
+        grey_off = out[0, 0] - 128
+        assert (out[:, :8] == out[0, 0]).all() and (np.abs(grey_off) <= 0.09 * 255 + 0.5).all()
+        expected = np.clip(np.asarray(yellow) + (1 - sat) * grey_off, 0, 255)
+        assert np.abs(out[0, 8] - expected).max() <= 1.0  # rounded once
+        assert abs(_hue(tuple(out[0, 8])) - yellow_hue) < 0.01
+        assert abs(_hue(tuple(out[0, 8])) - _hue(orange)) > 0.05
+        moved.append(np.abs(grey_off).max())
+    assert max(moved) > 0.06 * 255  # the grey half really is tinted
+    cast = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, colour_cast=0.09)
+    cast_moves = [
+        abs(
+            _hue(tuple(np.asarray(augment_image(img, cast, sample_rng(0, 0, f"k{k}")))[0, 8]))
+            - yellow_hue
+        )
+        for k in range(30)
+    ]
+    assert max(cast_moves) > 0.02
+
+
+def _hue(rgb) -> float:
+    """Hue in 0..1 of an RGB triple."""
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))[0]
+
+
 def test_erase_and_colour_cast_are_seeded_by_seed_epoch_and_key(ds):
     s = next(iter_samples(ds, "train"))
-    cfg = AugmentConfig(enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, erase=8, colour_cast=0.1)
+    cfg = AugmentConfig(
+        enabled=True, **OFF_GEOMETRY, **OFF_COLOUR, erase=8, colour_cast=0.1, tint=0.1
+    )
     a = augment_sample(s, cfg, seed=3, epoch=1)
     assert _bytes(augment_sample(s, cfg, seed=3, epoch=1)) == _bytes(a)
     assert _bytes(a) != _bytes(s)
@@ -235,7 +280,8 @@ def test_erase_and_colour_cast_are_seeded_by_seed_epoch_and_key(ds):
 
 
 @pytest.mark.parametrize(
-    "field", [{"erase": -1}, {"erase": 33}, {"erase_size": 0}, {"colour_cast": 1.0}]
+    "field",
+    [{"erase": -1}, {"erase": 33}, {"erase_size": 0}, {"colour_cast": 1.0}, {"tint": -0.1}],
 )
 def test_erase_and_colour_cast_bounds(field):
     with pytest.raises(ValueError, match=next(iter(field))):

@@ -131,6 +131,14 @@ class AugmentConfig(Section):
         description="Per-channel colour cast: R, G and B each get their own offset drawn from "
         "+- this (fraction of 255), added to every pixel (0: off).",
     )
+    tint: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Tint of the neutral regions: R, G and B each get their own offset drawn from "
+        "+- this (fraction of 255), scaled per pixel by 1 - its saturation, so grey backgrounds "
+        "take the tint and saturated objects keep their colour (0: off).",
+    )
     erase: int = Field(
         0,
         ge=0,
