@@ -152,3 +152,14 @@ def test_cli_accepts_kto_and_checks_noise_before_training(tmp_path):
     assert not (tmp_path / "o").exists()
     r = subprocess.run([*cmd[:3], "orpo"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "invalid choice: 'orpo'" in r.stderr
+
+
+def test_every_demo_stage_augments_like_the_sft_stage():
+    """The demo's stages train on the same augmented distribution (one setting, edited in one
+    place per recipe): the stages compare fairly and the judges see what the policy sees."""
+    names = ["tiny/demo", "tiny/demo-kto", "tiny/demo-grpo", "tiny/demo-safe-rlhf"]
+    names += ["tiny/demo-reward", "tiny/demo-cost"]
+    sft = load_recipe("tiny/demo-sft").data.augment
+    assert sft.enabled and sft.erase > 0
+    for name in names:
+        assert load_recipe(name).data.augment == sft, name
