@@ -24,6 +24,8 @@ ORDER = ("data_throughput", "logprobs_memory", "dpo_step", "grpo_step")
 ENTRY = 'if __name__ == "__main__":'
 # Long studies run only when named with --only (alignment_seeds trains 3 seeds: 10-15 min on 2 cores).
 ON_REQUEST = ("alignment_seeds",)
+# Analysis tools that read a study's output, not benchmarks: never run from here.
+TOOLS = ("alignment_misses",)
 
 
 def discover() -> list[str]:
@@ -31,7 +33,7 @@ def discover() -> list[str]:
     found = sorted(
         p.stem
         for p in BENCH.glob("*.py")
-        if p.name != Path(__file__).name and ENTRY in p.read_text()
+        if p.name != Path(__file__).name and p.stem not in TOOLS and ENTRY in p.read_text()
     )
     return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
 
