@@ -143,8 +143,8 @@ class AugmentConfig(Section):
         0,
         ge=0,
         le=32,
-        description="Random erasing: most rectangles of a random flat grey-ish colour pasted "
-        "per image, the count drawn from 0..this (0: off).",
+        description="Random erasing: up to this many rectangles, each of a random flat grey-ish "
+        "colour, pasted per image (the count drawn from 0..this; 0: off).",
     )
     erase_size: float = Field(
         0.12,
