@@ -188,6 +188,7 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
     eval_pending = False
     last_ckpt: Path | None = None
     progress = _progress(ctx, t.max_steps, tstate.step)
+    own_grad_norm = not records_grad_norm(engine)
     try:
         while tstate.step < t.max_steps and not tstate.inloop.get("stopped"):
             step_start = time.perf_counter()
@@ -203,9 +204,12 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 micro.append(queue.pop(0))
             global_units = all_reduce_sum(sum(method.units(b) for b in micro), ctx.device)
             loss_sum, sums, n_tokens, skipped = 0.0, {}, 0, 0
-            for b in micro:
+            own_norm = None
+            for i, b in enumerate(micro):
                 out = method.step(b)
                 engine.backward(out.loss_sum / max(global_units, 1.0) * t.grad_accum * world)
+                if own_grad_norm and i == len(micro) - 1:  # the boundary: grads all-reduced
+                    own_norm = gradient_norm(engine.module)
                 engine.step()
                 loss_sum += float(out.loss_sum.detach())
                 for k, v in out.sums.items():
@@ -228,6 +232,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 skipped,
                 ctx,
             )
+            if own_norm is not None:
+                metrics["grad_norm"] = own_norm
             # expand: turning data into micro-batches (the rollout, for online RL methods);
             # update: the forward, backward and optimizer steps (and any weight sync after)
             metrics["expand_s"] = expand_s
@@ -309,6 +315,24 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
         export_choice=choice.describe() if choice else None,
         stopped_early=tstate.inloop.get("stopped"),
     )
+
+
+def records_grad_norm(engine) -> bool:
+    """Whether DeepSpeed keeps the gradient norm of a step (`get_global_grad_norm`): its ZeRO,
+    fp16 and bf16 optimizers do; plain fp32 without ZeRO clips and drops the norm."""
+    return bool(engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled())
+
+
+def gradient_norm(module) -> float:
+    """The 2-norm of every gradient of `module`'s parameters, before clipping (what DeepSpeed's
+    ZeRO optimizers report): taken after the boundary's backward, when ranks' gradients are
+    already all-reduced."""
+    import torch
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
 
 def gather_positions(position: int, rank: int, world: int) -> dict[str, int]:
