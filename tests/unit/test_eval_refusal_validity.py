@@ -122,6 +122,8 @@ def test_judge_errors(tmp_path):
     [
         ("", "empty"),
         ("   \n ", "empty"),
+        (".", "no_words"),
+        (" ?! ...", "no_words"),
         ("OfOfOfOfOfOf", "repeated_pattern"),
         ("the answer is abcabcabcabc indeed", "repeated_pattern"),
         ("no no no no", "repeated_word"),
@@ -145,6 +147,8 @@ def test_invalid_texts(text, reason):
         "It costs 1000 dollars.",  # digits repeated 3 times only
         "Well... maybe.",
         "Ha ha, that is a blue square.",
+        "No.",  # short, but a word
+        "42",
     ],
 )
 def test_valid_texts(text):
