@@ -231,9 +231,8 @@ def run_training(recipe: Recipe, ctx: TrainContext | None = None) -> TrainResult
                 wait,
                 skipped,
                 ctx,
+                own_norm,
             )
-            if own_norm is not None:
-                metrics["grad_norm"] = own_norm
             # expand: turning data into micro-batches (the rollout, for online RL methods);
             # update: the forward, backward and optimizer steps (and any weight sync after)
             metrics["expand_s"] = expand_s
@@ -347,9 +346,10 @@ def gather_positions(position: int, rank: int, world: int) -> dict[str, int]:
 
 
 def _step_metrics(
-    engine, method, loss_sum, sums, global_units, n_tokens, step_time, wait, skipped, ctx
+    engine, method, loss_sum, sums, global_units, n_tokens, step_time, wait, skipped, ctx, own_norm
 ) -> dict:
-    """Global metrics of one optimizer step (sums all-reduced over ranks)."""
+    """Global metrics of one optimizer step (sums all-reduced over ranks). `own_norm`: the
+    gradient norm the loop measured where DeepSpeed keeps none (`records_grad_norm`)."""
     device = ctx.device
     loss = all_reduce_sum(loss_sum, device) / max(global_units, 1.0)
     reduced = {k: all_reduce_sum(v, device) for k, v in sorted(sums.items())}
@@ -357,6 +357,8 @@ def _step_metrics(
     metrics = {"loss": loss, **method.metrics(reduced, global_units)}
     metrics["loss"] = loss
     gn = engine.get_global_grad_norm()
+    if gn is None:
+        gn = own_norm
     metrics["grad_norm"] = float(gn) if gn is not None else float("nan")
     metrics["lr"] = float(engine.get_lr()[0])
     metrics["tokens_per_s"] = tokens / step_time if step_time > 0 else 0.0
