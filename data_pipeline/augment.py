@@ -80,15 +80,16 @@ def _colour(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image
     return image
 
 
+def _channel_offsets(amount: float, rng: random.Random) -> np.ndarray:
+    """[3] float32: one offset per channel (R, G, B in that draw order), each from +- amount x 255."""
+    return np.array([rng.uniform(-amount, amount) * 255.0 for _ in range(3)], dtype=np.float32)
+
+
 def _colour_cast(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.Image:
     """Add one offset per channel, each drawn from +- cfg.colour_cast * 255, clipped to 0..255."""
     if cfg.colour_cast <= 0:
         return image
-    offsets = np.array(
-        [rng.uniform(-cfg.colour_cast, cfg.colour_cast) * 255.0 for _ in range(3)],
-        dtype=np.float32,
-    )
-    arr = np.asarray(image).astype(np.float32) + offsets
+    arr = np.asarray(image).astype(np.float32) + _channel_offsets(cfg.colour_cast, rng)
     return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "RGB")
 
 
@@ -103,9 +104,7 @@ def _tint(image: Image.Image, cfg: AugmentConfig, rng: random.Random) -> Image.I
     """
     if cfg.tint <= 0:
         return image
-    offsets = np.array(
-        [rng.uniform(-cfg.tint, cfg.tint) * 255.0 for _ in range(3)], dtype=np.float32
-    )
+    offsets = _channel_offsets(cfg.tint, rng)
     grey = 1.0 - np.asarray(image.convert("HSV"))[..., 1:2].astype(np.float32) / 255.0
     arr = np.asarray(image).astype(np.float32) + grey * offsets
     return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), "RGB")
