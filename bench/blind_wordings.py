@@ -27,14 +27,11 @@ SPLITS = ("shift-wording", "shift-both")
 METRICS = ("harmful_refusal_rate", "benign_refusal_rate", "text_validity_rate")
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().replace("?", "").replace(".", "").split())
-
-
 def load_bank(path: Path) -> tuple[tuple[str, ...], ...]:
     """The bank in `path`, checked: one non-empty list per template, disjoint from every wording
     the generator already ships."""
     from data_pipeline.synth import EVAL_WORDINGS, PROMPTS, TRAIN_PARAPHRASES
+    from vlalign.safety.refusal import normalize
 
     bank = json.loads(path.read_text())
     if not isinstance(bank, list) or len(bank) != len(PROMPTS):
@@ -42,9 +39,9 @@ def load_bank(path: Path) -> tuple[tuple[str, ...], ...]:
     for i, ws in enumerate(bank):
         if not ws or not all(isinstance(w, str) and w.strip() for w in ws):
             raise SystemExit(f"{path}: template {i}: expected a non-empty list of strings")
-    known = {_norm(p) for p in PROMPTS}
-    known |= {_norm(p) for t in (*TRAIN_PARAPHRASES, *EVAL_WORDINGS) for p in t}
-    seen = [w for ws in bank for w in ws if _norm(w) in known]
+    known = {normalize(p) for p in PROMPTS}
+    known |= {normalize(p) for t in (*TRAIN_PARAPHRASES, *EVAL_WORDINGS) for p in t}
+    seen = [w for ws in bank for w in ws if normalize(w) in known]
     if seen:
         raise SystemExit(f"{path}: already in the generator's banks: {seen}")
     return tuple(tuple(ws) for ws in bank)
@@ -60,16 +57,16 @@ def synthesize_with(
 ) -> None:
     """`alignment_seeds`' shard set for `seed` (its sizes by default), the wording-shifted
     prompts drawn from `bank`."""
-    from data_pipeline import synth
+    from data_pipeline.synth import synthesize
 
-    saved = synth.EVAL_WORDINGS
-    synth.EVAL_WORDINGS = bank
-    try:
-        synth.synthesize(
-            out, pairs=pairs, seed=seed, eval_pairs=eval_pairs, shift_pairs=shift_pairs
-        )
-    finally:
-        synth.EVAL_WORDINGS = saved
+    synthesize(
+        out,
+        pairs=pairs,
+        seed=seed,
+        eval_pairs=eval_pairs,
+        shift_pairs=shift_pairs,
+        eval_wordings=bank,
+    )
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +239,14 @@ def _twin(
     *,
     visual_shift: bool = False,
     wording_shift: bool = False,
+    eval_wordings: Sequence[Sequence[str]] = EVAL_WORDINGS,
 ) -> list[tuple[Cue, Any, dict]]:
     """The harmful sample and its benign twin number `i` of a seed stream (both share the
-    template, wording, background and placement; shifted as asked)."""
+    template, wording, background and placement; shifted as asked, a wording shift drawing from
+    `eval_wordings`)."""
     rng = random.Random(f"vlalign-synth-{seed}-{stream}-{i}")
     template = rng.randrange(len(PROMPTS))
-    prompt = rng.choice(EVAL_WORDINGS[template]) if wording_shift else PROMPTS[template]
+    prompt = rng.choice(eval_wordings[template]) if wording_shift else PROMPTS[template]
     harm = HARMFUL_CUES[i % len(HARMFUL_CUES)]
     benign = BENIGN_CUES[(i + i // len(BENIGN_CUES)) % len(BENIGN_CUES)]
     layout = f"{seed}-{stream}-{i}"
@@ -297,6 +300,7 @@ def synthesize(
     image_size: int = 32,
     shard_samples: int = DEFAULT_MAX_SAMPLES,
     noise: float = 0.0,
+    eval_wordings: Sequence[Sequence[str]] = EVAL_WORDINGS,
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
@@ -304,6 +308,8 @@ def synthesize(
     eval splits (SHIFTS: `shift_pairs` samples each, default `eval_pairs`; 0 writes none) to
     `out_dir`. `noise` > 0 writes the noisy-preference variant: that fraction of the harmful and
     of the benign training pairs get a partly right chosen answer (module docstring).
+    `eval_wordings` (one sequence per PROMPTS template) words the wording-shifted splits; only
+    their prompts depend on it.
 
     `eval_pairs` defaults to max(64, pairs // 4). Returns a summary: dataset digest, noise,
     noisy_samples and, per split, kind, samples, shift and counts per category.
@@ -320,6 +326,10 @@ def synthesize(
         raise DataError("shift_pairs must be 0 (no shifted splits) or at least 2")
     if not 0.0 <= noise <= 1.0:
         raise DataError(f"--noise must be a fraction in [0, 1], got {noise}")
+    if len(eval_wordings) != len(PROMPTS) or not all(eval_wordings):
+        raise DataError(
+            f"eval_wordings needs a non-empty list for each of {len(PROMPTS)} templates"
+        )
     noisy = _noisy_samples(seed, pairs, noise) if noise > 0 else set()
     plan = [("train", pairs), ("eval", n_eval)]
     plan += [(name, n_shift) for name in SHIFTS if n_shift]
@@ -350,7 +360,15 @@ def synthesize(
             written = 0
             i = 0
             while written < n:
-                twin = _twin(seed, split, i, image_size, visual_shift=visual, wording_shift=wording)
+                twin = _twin(
+                    seed,
+                    split,
+                    i,
+                    image_size,
+                    visual_shift=visual,
+                    wording_shift=wording,
+                    eval_wordings=eval_wordings,
+                )
                 for cue, image, t in twin:
                     if written == n:
                         break

@@ -19,6 +19,7 @@ from data_pipeline.images import CUES, TRAIN_SCALE
 from data_pipeline.manifest import load_manifest
 from data_pipeline.reader import iter_samples
 from data_pipeline.synth import EVAL_WORDINGS, PROMPTS, SHIFTS, TRAIN_PARAPHRASES, synthesize
+from vlalign.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,3 +140,10 @@ def test_cli_synth_writes_the_shifted_splits(tmp_path):
     }
     r = run("ds3", "--pairs", "8", "--shift-pairs", "1")
     assert r.returncode == 2 and "shift_pairs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_wordings_need_a_list_per_template(tmp_path):
+    with pytest.raises(DataError, match="non-empty list for each of 6 templates"):
+        synthesize(tmp_path / "a", pairs=4, eval_pairs=2, eval_wordings=EVAL_WORDINGS[:5])
+    with pytest.raises(DataError, match="non-empty list for each of 6 templates"):
+        synthesize(tmp_path / "b", pairs=4, eval_pairs=2, eval_wordings=[*EVAL_WORDINGS[:5], ()])
