@@ -326,11 +326,13 @@ def main() -> None:
     else:
         rows = [one(s) for s in args.seeds]
     print(_table(rows))
-    ok = all(
-        v["targets"] and v["dpo_better_than_sft"]
+    verdicts = [
+        v
         for r in rows
         for v in [*([r["verdict"]] if "verdict" in r else []), *r.get("rl_verdict", {}).values()]
-    )
+    ]
+    met = all(v["targets"] for v in verdicts)
+    better = all(v["dpo_better_than_sft"] for v in verdicts)
     gen = all(
         all(g.values())
         for r in rows
@@ -338,7 +340,8 @@ def main() -> None:
     )
     noted = f", noise {args.noise:g}" if args.noise else ""
     print(
-        f"all seeds: {'every target held' if ok else 'NOT every target held'}; generalization "
+        f"all seeds: demo targets {'held' if met else 'NOT held'}; second stage better than SFT "
+        f"{'everywhere' if better else 'NOT everywhere'}; generalization "
         f"targets {'held on every split' if gen else 'NOT held on every split'} "
         f"({time.time() - t0:.0f} s; {args.pairs} pairs{noted}; "
         f"sft {' '.join(sft_over) or 'recipe'}; "
